@@ -37,7 +37,12 @@ def _as_prompt(prompt: str) -> str:
 
 
 def _record(obj: Any) -> dict:
-    """One {"prompt", "responses"} record from an HH pair or a prompt-only row; ValueError says what is wrong."""
+    """One {"prompt", "responses"[, "group"]} record from an HH pair or a prompt-only row; ValueError says what is wrong.
+
+    A row may carry an optional "group" string (a prompt family, e.g. "a"/"b" of synthetic_prompted); the
+    Pareto report then gives the PWN's weights and the hypervolume per group. HH files carry none: the
+    shipped set and harmless-base give no honest two-way split (see README), so their groups stay absent.
+    """
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
     if "chosen" in obj and "rejected" in obj:
@@ -53,7 +58,13 @@ def _record(obj: Any) -> dict:
     else:
         raise ValueError(f"expected keys 'chosen' and 'rejected' (HH pair) or 'prompt', got {sorted(obj)}")
     # Empty replies (4 rows of the real set) would teach the warm start to stop at once.
-    return {"prompt": prompt, "responses": [r.strip() for r in responses if r and r.strip()]}
+    record = {"prompt": prompt, "responses": [r.strip() for r in responses if r and r.strip()]}
+    group = obj.get("group")
+    if group is not None:
+        if not isinstance(group, str) or not group:
+            raise ValueError(f"'group' must be a non-empty string, got {group!r}")
+        record["group"] = group
+    return record
 
 
 def load_records(path: str) -> list[dict]:
@@ -105,6 +116,24 @@ def load_hub(name: str, split: str) -> list[dict]:
 warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
 
 
+def balanced_pick(groups: list[str | None], items: list[str], n: int) -> list[str]:
+    """The first n items taking the groups in turn (sorted names, each in its given order): a, b, a, b, ...
+
+    So any prefix of the result (the Pareto callback evaluates on the first num_prompts) is balanced to within
+    one item; a group that runs out is skipped.
+    """
+    queues: dict[str | None, list[str]] = {}
+    for group, item in zip(groups, items, strict=True):
+        queues.setdefault(group, []).append(item)
+    names = sorted(queues, key=lambda g: (g is None, g or ""))
+    picked: list[str] = []
+    depth = 0
+    while len(picked) < n and any(depth < len(queues[g]) for g in names):
+        picked += [queues[g][depth] for g in names if depth < len(queues[g])][: n - len(picked)]
+        depth += 1
+    return picked
+
+
 class ResumableSampler(DistributedSampler):
     """Shuffles by (seed, epoch) alone and starts an epoch after the samples already consumed in it.
 
@@ -142,6 +171,7 @@ class PromptDataModule(L.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         split_seed: int = 0,
+        balance_eval_groups: bool = False,
     ) -> None:
         super().__init__()
         if path is not None and hub_name is not None:
@@ -151,7 +181,10 @@ class PromptDataModule(L.LightningDataModule):
         self.batch_size, self.eval_size, self.max_prompts = batch_size, eval_size, max_prompts
         # The evaluation hold-out has its own seed so runs with different `seed`s are scored on the same prompts.
         self.seed, self.num_workers, self.split_seed = seed, num_workers, split_seed
+        # Off by default, so the HH hold-out stays what it always was; synthetic_prompted turns it on.
+        self.balance_eval_groups = balance_eval_groups
         self.responses: dict[str, list[str]] = {}  # prompt -> responses, all prompts
+        self.groups: dict[str, str] = {}  # prompt -> its group, for prompts whose record names one
         self.train_prompts: list[str] = []
         self._eval_prompts: list[str] = []
 
@@ -163,17 +196,22 @@ class PromptDataModule(L.LightningDataModule):
         """Load on every process; a no-op once loaded."""
         self._load()
 
+    def read_records(self) -> list[dict]:
+        """The {"prompt", "responses"[, "group"]} records to serve; a subclass may generate them instead."""
+        if self.hub_name is not None:
+            return load_hub(self.hub_name, self.split)
+        return load_records(self.path or default_data_path())
+
     def _load(self) -> None:
         if self.responses:
             return
-        if self.hub_name is not None:
-            records = load_hub(self.hub_name, self.split)
-        else:
-            records = load_records(self.path or default_data_path())
+        records = self.read_records()
         # Deduplicate prompts, merging their responses; dict order keeps the file order.
         for rec in records:
             merged = self.responses.setdefault(rec["prompt"], [])
             merged.extend(r for r in rec["responses"] if r not in merged)
+            if rec.get("group") is not None:
+                self.groups.setdefault(rec["prompt"], rec["group"])
         prompts = list(self.responses)
         if len(prompts) <= self.eval_size:
             raise ValueError(
@@ -181,9 +219,14 @@ class PromptDataModule(L.LightningDataModule):
                 f"data.eval_size={self.eval_size}"
             )
         order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
+        shuffled = [prompts[i] for i in order]
         # The evaluation set is taken first, so data.max_prompts (a cap on training prompts) never changes it.
-        self._eval_prompts = [prompts[i] for i in order[: self.eval_size]]
-        self.train_prompts = [prompts[i] for i in order[self.eval_size :]][: self.max_prompts]
+        if self.balance_eval_groups and self.groups:
+            self._eval_prompts = balanced_pick([self.groups.get(p) for p in shuffled], shuffled, self.eval_size)
+        else:
+            self._eval_prompts = shuffled[: self.eval_size]
+        held_out = set(self._eval_prompts)
+        self.train_prompts = [p for p in shuffled if p not in held_out][: self.max_prompts]
         if len(self.train_prompts) < self.batch_size:
             raise ValueError(
                 f"{len(self.train_prompts)} training prompts are fewer than data.batch_size={self.batch_size} "
@@ -228,6 +271,10 @@ class PromptDataModule(L.LightningDataModule):
         """The fixed held-out prompts (the first n), never trained on; the Pareto evaluation generates on them."""
         self._load()
         return self._eval_prompts[:n]
+
+    def eval_groups(self, n: int | None = None) -> list[str | None]:
+        """The group of each of eval_prompts(n), aligned with it; None where the data names no group."""
+        return [self.groups.get(p) for p in self.eval_prompts(n)]
 
     def sft_pairs(self) -> list[tuple[str, str]]:
         """(prompt, response) over training prompts, chosen and rejected alike, for the supervised warm start."""

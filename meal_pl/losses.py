@@ -103,3 +103,53 @@ def preference_regression(pwn_weights: Tensor, target_weights: Tensor) -> Tensor
     """KL(target || pwn) averaged over prompts: pulls the PWN onto the optimised preference parameters."""
     target = target_weights.detach().clamp(min=1e-8)
     return (target * (target.log() - pwn_weights.clamp(min=1e-8).log())).sum(-1).mean()
+
+
+def grid_assignment(num_prompts: int, grid: Tensor, offset: int = 0) -> Tensor:
+    """Preference of each held-out meta prompt: the evaluation grid cycled over the prompts. (P,K).
+
+    Prompt i gets grid[(offset + i) % G]: with P >= G every grid preference is used in one meta batch; with
+    P < G, passing the step count as `offset` rotates the grid so that every preference is used over steps.
+    """
+    if num_prompts < 1:
+        raise ValueError(f"the meta batch needs at least one prompt, got num_prompts={num_prompts}")
+    if grid.dim() != 2 or len(grid) == 0:
+        raise ValueError(f"grid must be a non-empty (G,K) tensor of preferences, got shape {tuple(grid.shape)}")
+    index = (torch.arange(num_prompts) + offset) % len(grid)
+    return grid[index.to(grid.device)]
+
+
+def front_advantages(rewards: Tensor, weights: Tensor) -> Tensor:
+    """A_mj = w_m . R_mj - mean_j(w_m . R_mj), per prompt and preference; detached. (M,J,K),(M,K) -> (M,J).
+
+    Samples with a non-finite reward (dropped by the reward backends) get advantage 0 and are left out of
+    their group's mean; a group with fewer than two valid samples has all-zero advantages.
+    """
+    scores = scalarize(weights, rewards).detach()  # (M,J)
+    valid = torch.isfinite(scores)
+    count = valid.sum(-1, keepdim=True)
+    mean = scores.nan_to_num(0.0, posinf=0.0, neginf=0.0).masked_fill(~valid, 0.0).sum(-1, keepdim=True)
+    mean = mean / count.clamp(min=1)
+    advantages = (scores - mean).masked_fill(~valid, 0.0)
+    return advantages.masked_fill(count < 2, 0.0)
+
+
+def front_outer_loss(logp: Tensor, resp_mask: Tensor, rewards: Tensor, weights: Tensor) -> Tensor:
+    """The `front` outer objective (METHOD.md step 7 v2): policy-gradient surrogate of the grid's scalarised reward.
+
+    L_out = -(1/(M*J)) sum_m sum_j A_mj log pi(y_mj | x_m, w_m), log pi(y) = sum of the response's token
+    log-probs (resp_mask). The 1/J keeps the scale (and the meta learning rate) independent of the number of
+    samples per prompt; its gradient is -E[A grad log pi], the REINFORCE estimate of -grad J(theta) with a
+    per-group mean baseline. Advantages are constants (no gradient flows into the rewards or weights).
+    Shapes: logp, resp_mask (M*J,T), rows ordered prompt-major (row m*J + j is y_mj); rewards (M,J,K);
+    weights (M,K). Returns a 0-d tensor.
+    """
+    M, J, _ = rewards.shape
+    if logp.shape[0] != M * J or resp_mask.shape != logp.shape or weights.shape[0] != M:
+        raise ValueError(
+            f"front_outer_loss: logp {tuple(logp.shape)} and resp_mask {tuple(resp_mask.shape)} must be (M*J,T) "
+            f"for rewards (M,J,K)={tuple(rewards.shape)} and weights (M,K)={tuple(weights.shape)}"
+        )
+    seq_logp = (logp * resp_mask.to(logp.dtype)).sum(-1).view(M, J)  # log pi(y_mj)
+    advantages = front_advantages(rewards, weights).to(seq_logp.dtype)
+    return -(advantages * seq_logp).sum() / (M * J)

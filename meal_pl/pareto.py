@@ -238,3 +238,43 @@ def front_report(weights: Tensor, rewards: Tensor, names: list[str], reference_p
         "steerability": dict(zip(names, corr.tolist(), strict=True)),
         "steerable": is_steerable(corr),
     }
+
+
+def group_names(groups: list[str | None] | None) -> list[str]:
+    """The distinct named groups, sorted; [] when the data names none."""
+    return sorted({g for g in groups or [] if g is not None})
+
+
+def per_group_summary(
+    groups: list[str | None],
+    pwn_weights: Tensor | None,
+    rewards: Tensor | None,
+    reference_point: list[float],
+    max_hypervolume: float | None = None,
+) -> dict[str, dict]:
+    """The PWN's mean weights and the front's hypervolume on each prompt group of the evaluation set.
+
+    groups: the P evaluation prompts' groups (None = no group, left out); pwn_weights (P,K): the PWN's own
+    weights per prompt (None if the module gives none); rewards (M,P,K): raw rewards per grid preference and
+    prompt (None if the module gives only means). A group's front is its prompts' mean reward at each grid
+    preference, scored like the whole front. Returns {group: {num_prompts, pwn_weights, front, hypervolume,
+    hypervolume_ratio}} ({} without groups); absent inputs give None fields.
+    """
+    summary = {}
+    for name in group_names(groups):
+        index = torch.tensor([i for i, g in enumerate(groups) if g == name])
+        entry: dict = {"num_prompts": len(index), "pwn_weights": None, "front": None, "hypervolume": None,
+                       "hypervolume_ratio": None}
+        if pwn_weights is not None:
+            if len(pwn_weights) != len(groups):
+                raise ValueError(f"pwn_weights has {len(pwn_weights)} rows for {len(groups)} prompt groups")
+            entry["pwn_weights"] = pwn_weights.detach().float().cpu()[index].mean(0).tolist()
+        if rewards is not None:
+            if rewards.shape[1] != len(groups):
+                raise ValueError(f"rewards (M,P,K) has P={rewards.shape[1]} for {len(groups)} prompt groups")
+            front = rewards.detach().float().cpu()[:, index].nanmean(1)  # (M,K)
+            entry["front"] = front.tolist()
+            entry["hypervolume"] = hypervolume(front, reference_point)
+            entry["hypervolume_ratio"] = entry["hypervolume"] / max_hypervolume if max_hypervolume else None
+        summary[name] = entry
+    return summary

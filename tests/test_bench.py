@@ -158,5 +158,73 @@ def test_bench_entry_point_writes_table_json_and_figure(tmp_path):
     # One method keeps this test short; the budget rule makes its two policies share 2 steps x 4 x 2 samples.
     assert rows["soups"]["samples"] == 2 * 4 * 2 and rows["soups"]["policies"] == 2
     assert len(rows["soups"]["hv_per_seed"]) == 2 and rows["soups"]["peak_memory_mib"] > 0
-    assert "| soups |" in (out / "bench.md").read_text() and (out / "bench.png").stat().st_size > 1000
+    md = (out / "bench.md").read_text()
+    assert "| soups |" in md and (out / "bench.png").stat().st_size > 1000
+    # steerability per objective in every output; the differences section is there even when it has no pair
+    assert set(rows["soups"]["steerability"]) == {"a_to_m", "n_to_z"} and "steer. n_to_z" in md
+    assert summary["differences"] == [] and "Differences" in md and "differences" in proc.stdout
     assert "hypervolume" in proc.stdout and "soups" in proc.stdout
+
+
+def fake_result(method, hvs, groups=None, steer=(0.9, 0.5)):
+    """A worker result as run_single returns it, one seed per hypervolume, without training anything."""
+    seeds = {}
+    for i, hv in enumerate(hvs):
+        front = {"points": [{"preference": [1.0, 0.0], "rewards": [0.5, 0.1]}, {"preference": [0.0, 1.0], "rewards": [0.1, 0.5]}],
+                 "hypervolume": hv, "hypervolume_ratio": hv / 0.45, "initial_hypervolume": 0.1,
+                 "pwn_choice": {"weights": [0.5, 0.5], "rewards": [0.3, 0.3]},
+                 "steerability": {"a_to_m": steer[0] + i * 0.1, "n_to_z": steer[1]},
+                 "groups": {g: {"pwn_weights": w, "hypervolume": h[i]} for g, (w, h) in (groups or {}).items()}}
+        seeds[str(i)] = {"front": front, "samples": 64, "step_wall": [1.0], "step_cpu": [1.0], "tokens_per_s": [10.0],
+                         "run_time": 5.0, "policy_loss": [2.0, 1.0]}
+    return {"method": method, "kind": "single", "seeds": seeds, "peak_memory_mib": 100.0}
+
+
+def test_pooled_sd_hand_values():
+    # equal seed counts: sqrt((s1^2 + s2^2) / 2); s1^2 = var(1,3) = 2, s2^2 = var(2,2,...) = 0
+    assert report.pooled_sd([1.0, 3.0], [5.0, 5.0]) == pytest.approx((2 / 2) ** 0.5)
+    assert report.pooled_sd([1.0, 3.0], [4.0, 8.0]) == pytest.approx(((2 + 8) / 2) ** 0.5)
+    # unequal counts: weighted by degrees of freedom
+    assert report.pooled_sd([1.0, 3.0], [0.0, 3.0, 6.0]) == pytest.approx(((1 * 2 + 2 * 9) / 3) ** 0.5)
+    assert report.pooled_sd([1.0], [2.0]) is None  # one seed each: no spread to pool
+
+
+def test_summary_rows_carry_groups_steerability_and_differences():
+    groups = lambda wa, ha, hb: {"a": ([wa, 1 - wa], ha), "b": ([1 - wa, wa], hb)}  # noqa: E731
+    results = [
+        fake_result("meal", [0.30, 0.34], groups(0.8, [0.20, 0.24], [0.10, 0.10])),
+        fake_result("meal_frozen", [0.28, 0.30], groups(0.5, [0.18, 0.18], [0.12, 0.10])),
+        fake_result("ric", [0.31, 0.31]),
+    ]
+    rows = [report.summarize(r, "", 4, 2, [0.0, 0.0], 0.45) for r in results]
+    meal = rows[0]
+    assert meal["steerability"] == pytest.approx({"a_to_m": 0.95, "n_to_z": 0.5})  # mean over seeds
+    assert meal["groups"]["a"]["pwn_weights"] == pytest.approx([0.8, 0.2]) and meal["groups"]["a"]["hv"] == pytest.approx(0.22)
+    assert meal["groups"]["b"]["hv_per_seed"] == [0.10, 0.10] and rows[2]["groups"] == {}
+
+    diffs = {(d["a"], d["b"], d["group"]): d for d in report.differences(rows)}
+    assert set(diffs) == {("meal", "meal_frozen", None), ("meal", "meal_frozen", "a"), ("meal", "meal_frozen", "b"),
+                          ("meal", "ric", None)}
+    overall = diffs[("meal", "meal_frozen", None)]
+    sd = ((statistics.variance([0.30, 0.34]) + statistics.variance([0.28, 0.30])) / 2) ** 0.5
+    assert overall["hv_diff"] == pytest.approx(0.03) and overall["pooled_sd"] == pytest.approx(sd)
+    assert overall["d"] == pytest.approx(0.03 / sd) and overall["seeds"] == [2, 2]
+    assert diffs[("meal", "ric", None)]["hv_diff"] == pytest.approx(0.01)
+    lines = report.difference_lines(report.differences(rows))
+    assert f"meal - meal_frozen: HV +0.0300 (pooled sd {sd:.4f}, d = {0.03 / sd:+.2f}; 2 + 2 seeds)" in lines
+    assert any(line.startswith("meal - meal_frozen [group b]: HV -0.0100") for line in lines)
+
+    md = report.markdown_table(rows, ["a_to_m", "n_to_z"])
+    assert "| steer. a_to_m | steer. n_to_z |" in md and "| +0.95 | +0.50 |" in md
+    groups_md = report.markdown_group_table(rows)
+    assert "| meal | a | (0.80, 0.20) | 0.2200 ± 0.0283 |" in groups_md
+    assert report.markdown_group_table(rows[2:]) == ""  # ric alone reports no groups
+
+
+def test_differences_need_both_methods():
+    rows = [report.summarize(fake_result("meal_first_order", [0.3]), "", 4, 2, [0.0, 0.0], None)]
+    assert report.differences(rows) == []
+    rows.append(report.summarize(fake_result("meal_frozen", [0.2]), "", 4, 2, [0.0, 0.0], None))
+    (only,) = report.differences(rows)
+    assert only["a"] == "meal_first_order" and only["pooled_sd"] is None and only["d"] is None
+    assert report.difference_lines([only]) == ["meal_first_order - meal_frozen: HV +0.1000 (pooled sd — (one seed each); 1 + 1 seeds)"]

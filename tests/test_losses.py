@@ -101,3 +101,66 @@ def test_preference_regression_is_kl():
     expected = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
     assert losses.preference_regression(pwn, target).item() == pytest.approx(expected, rel=1e-5)
     assert losses.preference_regression(target, target).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_front_advantages_hand_values_and_invalid_samples():
+    w = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    r = torch.tensor([[[1.0, 9.0], [3.0, 0.0]], [[1.0, 1.0], [float("nan"), 0.0]]])
+    # prompt 0: scores 1, 3 -> mean 2 -> (-1, 1); prompt 1: one valid sample -> no baseline -> zeros
+    assert losses.front_advantages(r, w).tolist() == [[-1.0, 1.0], [0.0, 0.0]]
+
+
+def test_front_outer_loss_hand_value_and_gradient():
+    # M=1 prompt, J=2 samples, T=2 tokens; sample 1 has only its first token in the response.
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -7.0]], requires_grad=True)
+    mask = torch.tensor([[True, True], [True, False]])
+    w = torch.tensor([[0.25, 0.75]])
+    r = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # scores 0.25, 0.75 -> advantages -0.25, +0.25
+    loss = losses.front_outer_loss(logp, mask, r, w)
+    # -(1/(M*J)) * (-0.25 * (-3) + 0.25 * (-0.5)) = -(0.75 - 0.125) / 2
+    assert loss.item() == pytest.approx(-0.3125)
+    (g,) = torch.autograd.grad(loss, logp)
+    assert torch.allclose(g, torch.tensor([[0.125, 0.125], [-0.125, 0.0]]))
+    # sign: a descent step raises the above-mean sample's log-prob and lowers the below-mean one's
+    assert (-g[1, 0]) > 0 and (-g[0]).lt(0).all()
+
+
+def test_front_outer_loss_zero_gradient_for_equal_scalarised_rewards():
+    logp = torch.randn(4, 3, requires_grad=True)
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    w = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
+    # different reward vectors, equal scalarisation inside each group
+    r = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.3, 0.0], [0.3, 5.0]]])
+    loss = losses.front_outer_loss(logp, mask, r, w)
+    (g,) = torch.autograd.grad(loss, logp)
+    assert loss.item() == 0.0 and g.abs().max() == 0
+
+
+def test_front_outer_loss_scale_does_not_grow_with_samples():
+    mask = torch.ones(2, 1, dtype=torch.bool)
+    w = torch.tensor([[1.0, 0.0]])
+    pair = losses.front_outer_loss(torch.tensor([[-1.0], [-2.0]]), mask, torch.tensor([[[0.0, 0], [1.0, 0]]]), w)
+    # the same pair of samples repeated twice (J=4): same loss
+    quad = losses.front_outer_loss(
+        torch.tensor([[-1.0], [-2.0], [-1.0], [-2.0]]),
+        torch.ones(4, 1, dtype=torch.bool),
+        torch.tensor([[[0.0, 0], [1.0, 0], [0.0, 0], [1.0, 0]]]),
+        w,
+    )
+    assert pair.item() == pytest.approx(quad.item()) and pair.item() != 0
+
+
+def test_front_outer_loss_refuses_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"\(M\*J,T\)"):
+        losses.front_outer_loss(torch.zeros(3, 2), torch.ones(3, 2), torch.zeros(1, 2, 2), torch.ones(1, 2))
+
+
+def test_grid_assignment_cycles_the_grid():
+    grid = torch.tensor([[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]])
+    assigned = losses.grid_assignment(5, grid)
+    assert assigned.tolist() == [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]
+    # fewer prompts than grid points: the offset rotates, so consecutive steps cover the grid
+    used = {tuple(row) for step in range(3) for row in losses.grid_assignment(2, grid, offset=2 * step).tolist()}
+    assert used == {tuple(row) for row in grid.tolist()}
+    with pytest.raises(ValueError, match="num_prompts"):
+        losses.grid_assignment(0, grid)

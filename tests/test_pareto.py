@@ -149,3 +149,29 @@ def test_front_report_is_json():
         "steerability",
         "steerable",
     }
+
+
+def test_per_group_summary_hand_values():
+    from meal_pl.pareto import per_group_summary
+
+    groups = ["a", None, "b", "a"]
+    pwn = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.2, 0.8], [0.6, 0.4]])
+    # M=2 preferences x P=4 prompts x K=2
+    rewards = torch.tensor([
+        [[1.0, 0.0], [9.0, 9.0], [0.5, 0.0], [0.0, 0.0]],
+        [[0.0, 1.0], [9.0, 9.0], [0.0, 0.5], [0.0, 0.0]],
+    ])
+    out = per_group_summary(groups, pwn, rewards, [0.0, 0.0], max_hypervolume=0.5)
+    assert set(out) == {"a", "b"}  # prompts without a group are left out
+    assert out["a"]["pwn_weights"] == pytest.approx([0.8, 0.2]) and out["a"]["num_prompts"] == 2
+    assert out["a"]["front"] == [[0.5, 0.0], [0.0, 0.5]]
+    assert out["a"]["hypervolume"] == 0.0  # (0.5, 0) and (0, 0.5) each sit on the reference point's edge
+    assert out["b"]["front"] == [[0.5, 0.0], [0.0, 0.5]] and out["b"]["pwn_weights"] == pytest.approx([0.2, 0.8])
+    rewards[:, 0] += 0.1  # lift group a's first prompt off the reference edges
+    a = per_group_summary(groups, None, rewards, [0.0, 0.0])["a"]
+    # front: the mean of (1.1, 0.1) and (0, 0) = (0.55, 0.05), and (0.05, 0.55): two boxes minus their overlap
+    assert torch.allclose(torch.tensor(a["front"]), torch.tensor([[0.55, 0.05], [0.05, 0.55]]))
+    assert a["hypervolume"] == pytest.approx(2 * 0.55 * 0.05 - 0.05**2) and a["pwn_weights"] is None
+    assert per_group_summary([None, None], pwn[:2], None, [0.0, 0.0]) == {}
+    with pytest.raises(ValueError, match="pwn_weights has 2 rows"):
+        per_group_summary(groups, pwn[:2], None, [0.0, 0.0])

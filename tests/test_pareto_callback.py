@@ -123,3 +123,50 @@ def test_pareto_callback_warns_when_not_steerable(tmp_path):
     with pytest.warns(UserWarning, match="not steerable"):
         _fit(tmp_path, FakeModule(constant=True))
     assert json.loads((tmp_path / "pareto.json").read_text())["steerable"] is False
+
+
+class GroupedFakeModule(FakeModule):
+    """Adds the per-group interface: prompts alternate groups a/b; b's rewards are half of a's."""
+
+    groups = ["a", "b", "a", "b"]
+
+    def eval_groups(self, n: int) -> list[str]:
+        return self.groups[:n]
+
+    def evaluate_front(self, prompts, weights):
+        raise AssertionError("evaluate_front_per_prompt replaces evaluate_front: nothing is generated twice")
+
+    def evaluate_front_per_prompt(self, prompts: list[str], weights: torch.Tensor) -> torch.Tensor:
+        self.eval_calls.append((self.training, torch.is_grad_enabled()))
+        scale = torch.tensor([1.0 if g == "a" else 0.5 for g in self.groups[: len(prompts)]])
+        return weights[:, None, :] * scale[None, :, None]  # (M,P,K)
+
+    def pwn_weights(self, prompts: list[str]) -> torch.Tensor:
+        assert not self.training and not torch.is_grad_enabled()
+        return torch.tensor([[0.8, 0.2] if g == "a" else [0.3, 0.7] for g in self.groups[: len(prompts)]])
+
+
+def test_pareto_callback_reports_per_group(tmp_path):
+    module = GroupedFakeModule()
+    _, callback = _fit(tmp_path, module)
+    report = json.loads((tmp_path / "pareto.json").read_text())
+    assert report["hypervolume"] == pytest.approx(0.45 * 0.75**2)  # the front is the mean over all prompts
+    groups = report["groups"]
+    assert set(groups) == {"a", "b"} and groups["a"]["num_prompts"] == 2
+    assert groups["a"]["pwn_weights"] == pytest.approx([0.8, 0.2]) and groups["b"]["pwn_weights"] == pytest.approx([0.3, 0.7])
+    assert groups["a"]["hypervolume"] == pytest.approx(0.45) and groups["b"]["hypervolume"] == pytest.approx(0.45 / 4)
+    assert groups["b"]["hypervolume_ratio"] == pytest.approx(0.45 / 4 / 0.5)
+    assert all(call == (False, False) for call in module.eval_calls)
+
+    (event_file,) = tmp_path.glob("lightning_logs/version_0/events.out.tfevents.*")
+    events = EventAccumulator(str(event_file), size_guidance={"histograms": 0, "scalars": 0})
+    events.Reload()
+    assert {"pwn/weights_helpful/a", "pwn/weights_harmless/b"} <= set(events.Tags()["histograms"])
+    assert [e.step for e in events.Histograms("pwn/weights_helpful/a")] == [0, 2, 4]
+    assert events.Histograms("pwn/weights_helpful/b")[0].histogram_value.sum == pytest.approx(0.6)  # 2 prompts x 0.3
+    assert events.Scalars("pareto/hypervolume/b")[-1].value == pytest.approx(0.45 / 4)
+
+
+def test_pareto_callback_without_groups_reports_none(tmp_path):
+    _fit(tmp_path, FakeModule())
+    assert json.loads((tmp_path / "pareto.json").read_text())["groups"] == {}

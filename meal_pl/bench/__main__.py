@@ -23,7 +23,19 @@ from rich.table import Table
 
 import meal_pl
 from meal_pl.bench.plan import METHODS, plan_runs
-from meal_pl.bench.report import COLUMNS, checks, markdown_table, plot_bench, summarize, table_rows
+from meal_pl.bench.report import (
+    GROUP_COLUMNS,
+    checks,
+    columns,
+    difference_lines,
+    differences,
+    group_rows,
+    markdown_group_table,
+    markdown_table,
+    plot_bench,
+    summarize,
+    table_rows,
+)
 from meal_pl.bench.trl_peer import trl_available
 from meal_pl.pareto import ideal_hypervolume
 
@@ -119,26 +131,42 @@ def main(cfg: DictConfig) -> None:
 
     rows = [summarize(r, METHODS[r["method"]].about, B, N, reference, max_hv) for r in results]
     lines = checks(rows, synthetic)
+    diffs = differences(rows)
+    diff_lines = difference_lines(diffs)
     table = Table(title=f"meal-pl bench: {probe.objective.name}, {len(seeds)} seeds, equal samples per {bench.budget}")
-    for col in COLUMNS:
+    for col in columns(names):
         table.add_column(col)
-    for cells in table_rows(rows):
+    for cells in table_rows(rows, names):
         table.add_row(*cells)
     console.print(table)
+    if group_rows(rows):
+        group_table = Table(title="per prompt group (mean over seeds)")
+        for col in GROUP_COLUMNS:
+            group_table.add_column(col)
+        for cells in group_rows(rows):
+            group_table.add_row(*cells)
+        console.print(group_table)
     for line in lines:
         console.print(line)
+    console.print("differences (mean over seeds; pooled sd of the seeds, sqrt((s1^2 + s2^2) / 2) at equal seed counts):")
+    for line in diff_lines or ["(none: needs meal_frozen with a meal variant, or meal with ric)"]:
+        console.print(f"  {line}")
     total = time.perf_counter() - started
     console.print(f"total {total:.0f} s; wrote {out / 'bench.json'}, bench.md, bench.png")
 
     summary = {"objective": probe.objective.name, "objectives": names, "seeds": seeds, "steps": steps, "batch_size": B,
                "num_samples": N, "budget": bench.budget, "quick": bool(bench.quick), "linear_points": linear_points,
                "reference_point": reference, "max_hypervolume": max_hv, "total_time_s": total,
-               "threads": setting("threads"), "overrides": base, "checks": lines, "methods": rows}
+               "threads": setting("threads"), "overrides": base, "checks": lines, "differences": diffs, "methods": rows}
     (out / "bench.json").write_text(json.dumps(summary, indent=1))
     md = [f"# meal-pl bench: {probe.objective.name}", "",
           f"`python -m meal_pl.bench {' '.join(HydraConfig.get().overrides.task)}`; seeds {seeds}; {steps} policy steps "
           f"x {B} prompts x {N} samples per front (budget per {bench.budget}); total {total:.0f} s.", "",
-          markdown_table(rows), "", *[f"- {line}" for line in lines], "", "![fronts](bench.png)", ""]
+          markdown_table(rows, names), "", *([markdown_group_table(rows), ""] if group_rows(rows) else []),
+          *[f"- {line}" for line in lines], "",
+          "Differences (mean hypervolume over seeds; pooled sd of the seeds, sqrt((s1^2 + s2^2) / 2) at equal seed counts):", "",
+          *[f"- {line}" for line in diff_lines or ["none: needs meal_frozen with a meal variant, or meal with ric"]], "",
+          "![fronts](bench.png)", ""]
     (out / "bench.md").write_text("\n".join(md))
     plot_bench(rows, names, reference, synthetic and K == 2, out / "bench.png")
 

@@ -32,10 +32,82 @@ def seed_front(run: dict, reference: list[float], max_hv: float | None) -> dict:
         points = [p["rewards"] for p in front["points"]]
         weights = [p["preference"] for p in front["points"]]
         return {"hv": front["hypervolume"], "ratio": front.get("hypervolume_ratio"), "points": points,
-                "weights": weights, "initial_hv": front.get("initial_hypervolume"), "pwn": front.get("pwn_choice")}
+                "weights": weights, "initial_hv": front.get("initial_hypervolume"), "pwn": front.get("pwn_choice"),
+                "steerability": front.get("steerability"), "groups": front.get("groups") or {}}
     hv = hypervolume(torch.tensor([run["point"]]), reference)
     return {"hv": hv, "ratio": hv / max_hv if max_hv else None, "points": [run["point"]],
-            "weights": [run["reward_weights"]], "initial_hv": None, "pwn": None}
+            "weights": [run["reward_weights"]], "initial_hv": None, "pwn": None, "steerability": None, "groups": {}}
+
+
+def mean_steerability(fronts: list[dict]) -> dict[str, float] | None:
+    """Each objective's steerability (rank correlation of w_k and reward k) averaged over seeds; None without."""
+    per_seed = [f["steerability"] for f in fronts if f.get("steerability")]
+    if not per_seed:
+        return None
+    return {name: statistics.fmean(s[name] for s in per_seed) for name in per_seed[0]}
+
+
+def group_summary(fronts: list[dict]) -> dict[str, dict]:
+    """Per prompt group, over seeds: the PWN's mean weights and the hypervolume (mean, sample std, per seed)."""
+    names = sorted({g for f in fronts for g in f.get("groups", {})})
+    out = {}
+    for g in names:
+        entries = [f["groups"][g] for f in fronts if g in f.get("groups", {})]
+        weights = [e["pwn_weights"] for e in entries if e.get("pwn_weights") is not None]
+        hvs = [e["hypervolume"] for e in entries if e.get("hypervolume") is not None]
+        hv, hv_std = mean_std(hvs)
+        out[g] = {"pwn_weights": torch.tensor(weights).mean(0).tolist() if weights else None,
+                  "hv": hv, "hv_std": hv_std, "hv_per_seed": hvs}
+    return out
+
+
+def pooled_sd(a: list[float], b: list[float]) -> float | None:
+    """Pooled sample standard deviation of two groups of seeds: sqrt(((n1-1)s1^2 + (n2-1)s2^2) / (n1+n2-2)).
+
+    For equal seed counts this is sqrt((s1^2 + s2^2) / 2). None when there is no degree of freedom (one seed each).
+    """
+    if len(a) + len(b) <= 2:
+        return None
+    squares = sum((len(x) - 1) * statistics.variance(x) for x in (a, b) if len(x) > 1)
+    return (squares / (len(a) + len(b) - 2)) ** 0.5
+
+
+# Differences the issue asks for in every bench: what the meta-learner adds over its frozen ablation, and over RiC.
+DIFFERENCES = [(m, "meal_frozen") for m in ("meal", "meal_first_order", "meal_alternating")] + [("meal", "ric")]
+
+
+def differences(rows: list[dict]) -> list[dict]:
+    """Mean hypervolume difference (a - b) of each pair in DIFFERENCES that ran, with the seeds' pooled sd.
+
+    Also per prompt group when both methods report groups. d = difference / pooled sd (None without spread).
+    """
+    by = {r["method"]: r for r in rows if r.get("hv_per_seed")}
+    out = []
+    for a, b in DIFFERENCES:
+        if a not in by or b not in by:
+            continue
+        pairs = [(None, by[a]["hv_per_seed"], by[b]["hv_per_seed"])]
+        pairs += [(g, by[a]["groups"][g]["hv_per_seed"], by[b]["groups"][g]["hv_per_seed"])
+                  for g in sorted(set(by[a].get("groups") or {}) & set(by[b].get("groups") or {}))]
+        for group, hv_a, hv_b in pairs:
+            if not hv_a or not hv_b:
+                continue
+            diff, sd = statistics.fmean(hv_a) - statistics.fmean(hv_b), pooled_sd(hv_a, hv_b)
+            out.append({"a": a, "b": b, "group": group, "hv_diff": diff, "pooled_sd": sd,
+                        "d": diff / sd if sd else None, "seeds": [len(hv_a), len(hv_b)]})
+    return out
+
+
+def difference_lines(diffs: list[dict]) -> list[str]:
+    """One line per difference, e.g. 'meal - meal_frozen: HV +0.0123 (pooled sd 0.0050, d = 2.46; 3 + 3 seeds)'."""
+    lines = []
+    for d in diffs:
+        where = "" if d["group"] is None else f" [group {d['group']}]"
+        spread = "pooled sd — (one seed each)" if d["pooled_sd"] is None else f"pooled sd {d['pooled_sd']:.4f}"
+        effect = "" if d["d"] is None else f", d = {d['d']:+.2f}"
+        lines.append(f"{d['a']} - {d['b']}{where}: HV {d['hv_diff']:+.4f} ({spread}{effect}; "
+                     f"{d['seeds'][0]} + {d['seeds'][1]} seeds)")
+    return lines
 
 
 def summarize(result: dict, about: str, batch: int, num_samples: int, reference: list[float], max_hv: float | None) -> dict:
@@ -50,6 +122,8 @@ def summarize(result: dict, about: str, batch: int, num_samples: int, reference:
     row["ratio"], row["ratio_std"] = mean_std([f["ratio"] for f in fronts])
     row["initial_hv"], _ = mean_std([f["initial_hv"] for f in fronts])
     row["hv_per_seed"] = [f["hv"] for f in fronts]
+    row["steerability"] = mean_steerability(fronts)
+    row["groups"] = group_summary(fronts)
     # The mean front: each preference's rewards averaged over seeds (all seeds share the same grid).
     row["front_weights"] = fronts[0]["weights"]
     row["front_mean"] = torch.tensor([f["points"] for f in fronts]).mean(0).tolist()
@@ -80,13 +154,20 @@ COLUMNS = ["method", "policies", "samples/front", "hypervolume", "HV / max", "in
            "s/step", "CPU s/step", "tokens/s", "samples/s", "peak MiB"]
 
 
-def table_rows(rows: list[dict]) -> list[list[str]]:
-    """The table's cells, one list per method."""
+def columns(names: list[str] | None = None) -> list[str]:
+    """COLUMNS plus one steerability column per objective (seed mean of its rank correlation)."""
+    return COLUMNS + [f"steer. {n}" for n in names or []]
+
+
+def table_rows(rows: list[dict], names: list[str] | None = None) -> list[list[str]]:
+    """The table's cells, one list per method (with steerability per objective when `names` is given)."""
     out = []
+    names = names or []
     for r in rows:
         if "hv" not in r:
-            out.append([r["method"], "failed: " + str(r.get("error"))[:120]] + [""] * (len(COLUMNS) - 2))
+            out.append([r["method"], "failed: " + str(r.get("error"))[:120]] + [""] * (len(columns(names)) - 2))
             continue
+        steer = r.get("steerability") or {}
         pwn = "—"
         if r.get("pwn_weights"):
             pwn = "(" + ", ".join(f"{w:.2f}" for w in r["pwn_weights"]) + ") -> (" + ", ".join(f"{v:.2f}" for v in r["pwn_rewards"]) + ")"
@@ -94,15 +175,38 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
             r["method"], str(r["policies"]), f"{r['samples']:.0f}", _fmt(r["hv"], ".4f", r["hv_std"]),
             _fmt(r["ratio"], ".3f", r["ratio_std"]), _fmt(r["initial_hv"], ".4f"), pwn, _fmt(r["step_wall"], ".3f"),
             _fmt(r["step_cpu"], ".3f"), _fmt(r["tokens_per_s"], ".0f"), _fmt(r["samples_per_s"], ".1f"),
-            _fmt(r["peak_memory_mib"], ".0f"),
+            _fmt(r["peak_memory_mib"], ".0f"), *[_fmt(steer.get(n), "+.2f") for n in names],
         ])
     return out
 
 
-def markdown_table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(rows)]
+def markdown_table(rows: list[dict], names: list[str] | None = None) -> str:
+    header = columns(names)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(rows, names)]
     return "\n".join(lines)
+
+
+GROUP_COLUMNS = ["method", "group", "PWN's mean weights", "hypervolume"]
+
+
+def group_rows(rows: list[dict]) -> list[list[str]]:
+    """Per method and prompt group: the PWN's mean weights and the group's hypervolume (± std over seeds)."""
+    out = []
+    for r in rows:
+        for g, e in (r.get("groups") or {}).items():
+            w = "—" if not e["pwn_weights"] else "(" + ", ".join(f"{x:.2f}" for x in e["pwn_weights"]) + ")"
+            out.append([r["method"], g, w, _fmt(e["hv"], ".4f", e["hv_std"])])
+    return out
+
+
+def markdown_group_table(rows: list[dict]) -> str:
+    """The per-group table in markdown, or "" when no method reports groups."""
+    cells = group_rows(rows)
+    if not cells:
+        return ""
+    lines = ["| " + " | ".join(GROUP_COLUMNS) + " |", "|" + "---|" * len(GROUP_COLUMNS)]
+    return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
 
 
 def checks(rows: list[dict], synthetic: bool) -> list[str]:
@@ -170,8 +274,11 @@ def main(path: str) -> None:
     """Re-render the table, the checks and the figure of a finished run: python -m meal_pl.bench.report bench.json."""
     summary = json.loads(Path(path).read_text())
     rows = summary["methods"]
-    print(markdown_table(rows))
-    for line in checks(rows, summary["max_hypervolume"] is not None):
+    print(markdown_table(rows, summary["objectives"]))
+    groups = markdown_group_table(rows)
+    if groups:
+        print("\n" + groups)
+    for line in checks(rows, summary["max_hypervolume"] is not None) + difference_lines(differences(rows)):
         print("-", line)
     out = Path(path).with_name("bench.png")
     K = len(summary["objectives"])

@@ -87,6 +87,8 @@ def run_single(cfg: DictConfig, warmup_steps: int = 2) -> dict:
     report = dict(callback.final_report)
     learnable = getattr(module.pwn, "learnable", False)
     report["pwn_choice"] = report["pwn_choice"] if learnable else None  # a static source has no choice of its own
+    if not learnable:  # per prompt group too: keep the hypervolumes, drop the weights of a source that does not choose
+        report["groups"] = {g: {**entry, "pwn_weights": None} for g, entry in (report.get("groups") or {}).items()}
     return {"front": report, **merge_stats([stats])}
 
 

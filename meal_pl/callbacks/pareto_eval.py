@@ -3,6 +3,14 @@
 The LightningModule provides: `objective_names`, `reference_point`, `grid_points`, `max_hypervolume`
 (analytic maximum or None), `eval_prompts(n)`, `evaluate_front(prompts, weights) -> (M, K)` mean raw
 rewards, and `evaluate_pwn_choice(prompts) -> (weights (K,), rewards (K,))`.
+
+Per prompt group (data whose records name a `group`, e.g. objective=synthetic_prompted), used when present:
+the datamodule's (or module's) `eval_groups(n) -> list[str | None]`, aligned with `eval_prompts(n)`; the
+module's `evaluate_front_per_prompt(prompts, weights (M,K)) -> (M,P,K)` raw rewards per preference and prompt
+(replacing `evaluate_front`, whose result is their mean over prompts, so nothing is generated twice); and
+`pwn_weights(prompts) -> (P,K)`, the PWN's own weights per prompt (no exploration, no generation). Each
+evaluation then logs `pareto/hypervolume/<group>` and histograms `pwn/weights_<objective>/<group>`, and
+pareto.json gains `groups`: {group: {num_prompts, pwn_weights, front, hypervolume, hypervolume_ratio}}.
 """
 
 import json
@@ -16,7 +24,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from meal_pl.pareto import front_report, plot_front, simplex_grid
+from meal_pl.pareto import front_report, group_names, per_group_summary, plot_front, simplex_grid
 
 
 class ParetoEvalCallback(pl.Callback):
@@ -39,7 +47,9 @@ class ParetoEvalCallback(pl.Callback):
         self.initial_hypervolume: float | None = None
         self.final_report: dict | None = None
         self._prompts: list[str] | None = None
+        self._groups: list[str | None] | None = None  # the prompts' groups, None entries where unnamed
         self._last: tuple[int, Tensor, Tensor, dict] | None = None  # (step, weights, rewards, report)
+        self._per_prompt: Tensor | None = None  # (M,P,K) rewards of the _last evaluation, when the module gives them
 
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[Tensor, Tensor, dict]:
         """Rewards at every grid preference, in eval mode without grads; reuses a same-step result."""
@@ -48,19 +58,30 @@ class ParetoEvalCallback(pl.Callback):
             return self._last[1:]
         if self._prompts is None:
             self._prompts = pl_module.eval_prompts(self.num_prompts)
+            self._groups = _eval_groups(trainer, pl_module, self.num_prompts)
         num_points = self.num_points if self.num_points is not None else pl_module.grid_points
         weights = simplex_grid(len(pl_module.objective_names), num_points)
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            with torch.no_grad():
-                rewards = pl_module.evaluate_front(self._prompts, weights.to(pl_module.device))
-        finally:
-            pl_module.train(was_training)
+        self._per_prompt = None
+        if hasattr(pl_module, "evaluate_front_per_prompt"):
+            per_prompt = _eval_mode(pl_module, pl_module.evaluate_front_per_prompt, self._prompts, weights.to(pl_module.device))
+            self._per_prompt = per_prompt.detach().float().cpu()  # (M,P,K)
+            rewards = self._per_prompt.nanmean(1)
+        else:
+            rewards = _eval_mode(pl_module, pl_module.evaluate_front, self._prompts, weights.to(pl_module.device))
         rewards = rewards.detach().float().cpu()
         report = front_report(weights, rewards, pl_module.objective_names, pl_module.reference_point)
         self._last = (step, weights, rewards, report)
         return weights, rewards, report
+
+    def _group_summary(self, pl_module: pl.LightningModule) -> tuple[dict[str, dict], Tensor | None]:
+        """Per-group PWN weights and hypervolume of the _last evaluation, and the PWN's (P,K) weights."""
+        if not group_names(self._groups):
+            return {}, None
+        pwn = None
+        if hasattr(pl_module, "pwn_weights"):
+            pwn = _eval_mode(pl_module, pl_module.pwn_weights, self._prompts).detach().float().cpu()
+        summary = per_group_summary(self._groups, pwn, self._per_prompt, pl_module.reference_point, pl_module.max_hypervolume)
+        return summary, pwn
 
     def _log(
         self,
@@ -77,6 +98,8 @@ class ParetoEvalCallback(pl.Callback):
             for key in ("hypervolume", "spacing", "sparsity", "mean_inner_product")
         }
         metrics |= {f"pareto/steerability_{name}": corr for name, corr in report["steerability"].items()}
+        groups, pwn = self._group_summary(pl_module)
+        metrics |= {f"pareto/hypervolume/{g}": s["hypervolume"] for g, s in groups.items() if s["hypervolume"] is not None}
         ratio = _ratio(report["hypervolume"], pl_module.max_hypervolume)
         if ratio is not None:
             metrics["pareto/hypervolume_ratio"] = ratio
@@ -95,6 +118,11 @@ class ParetoEvalCallback(pl.Callback):
                     extra=self._extra(),
                 )
                 logger.experiment.add_figure("pareto/front", fig, global_step=step, close=False)
+                if pwn is not None:  # the PWN's weights on each prompt group: does it tell the families apart?
+                    for g in groups:
+                        rows = torch.tensor([i for i, name in enumerate(self._groups) if name == g])
+                        for k, name in enumerate(pl_module.objective_names):
+                            logger.experiment.add_histogram(f"pwn/weights_{name}/{g}", pwn[rows, k], global_step=step)
 
     def _extra(self) -> dict[str, Tensor]:
         return {} if self.initial_rewards is None else {"initial": self.initial_rewards}
@@ -142,13 +170,8 @@ class ParetoEvalCallback(pl.Callback):
         if not already_logged:
             self._log(trainer, pl_module, weights, rewards, report)
             self._warn_if_not_steerable(report)
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            with torch.no_grad():
-                pwn_weights, pwn_rewards = pl_module.evaluate_pwn_choice(self._prompts)
-        finally:
-            pl_module.train(was_training)
+        pwn_weights, pwn_rewards = _eval_mode(pl_module, pl_module.evaluate_pwn_choice, self._prompts)
+        groups, _ = self._group_summary(pl_module)
         pwn_weights, pwn_rewards = pwn_weights.detach().float().cpu(), pwn_rewards.detach().float().cpu()
         self.final_report = {
             **report,
@@ -159,6 +182,7 @@ class ParetoEvalCallback(pl.Callback):
             "initial_hypervolume": self.initial_hypervolume,
             "initial_front": None if self.initial_rewards is None else self.initial_rewards.tolist(),
             "pwn_choice": {"weights": pwn_weights.tolist(), "rewards": pwn_rewards.tolist()},
+            "groups": groups,  # {} when the evaluation prompts name no groups
         }
         if not trainer.is_global_zero:
             return
@@ -174,6 +198,25 @@ class ParetoEvalCallback(pl.Callback):
             out_dir / f"{self.filename}.png",
             extra,
         )
+
+
+def _eval_groups(trainer: pl.Trainer, pl_module: pl.LightningModule, n: int) -> list[str | None] | None:
+    """The evaluation prompts' groups from the datamodule (or the module), None when neither provides them."""
+    for source in (getattr(trainer, "datamodule", None), pl_module):
+        if hasattr(source, "eval_groups"):
+            return list(source.eval_groups(n))
+    return None
+
+
+def _eval_mode(pl_module: pl.LightningModule, fn, *args):
+    """fn(*args) in eval mode without grads, the module's train/eval mode restored afterwards."""
+    was_training = pl_module.training
+    pl_module.eval()
+    try:
+        with torch.no_grad():
+            return fn(*args)
+    finally:
+        pl_module.train(was_training)
 
 
 def _ratio(hypervolume: float, max_hypervolume: float | None) -> float | None:

@@ -10,7 +10,8 @@ from rich.table import Table
 
 
 class RunSummary(L.Callback):
-    """Print steps, wall time, hypervolume (initial -> final) and where the outputs are."""
+    """Print steps, wall time, hypervolume (initial -> final), where the outputs are, and per prompt group
+    (when the data names groups) the PWN's mean weights and the hypervolume."""
 
     def __init__(self) -> None:
         self.start = 0.0
@@ -33,4 +34,23 @@ class RunSummary(L.Callback):
             if choice:
                 table.add_row("PWN's own preference", ", ".join(f"{w:.2f}" for w in choice["weights"]))
         table.add_row("outputs", trainer.default_root_dir)
-        Console().print(table)
+        console = Console()
+        console.print(table)
+        if report and report.get("groups"):
+            console.print(group_table(report["groups"], report.get("objective_names") or []))
+
+
+def group_table(groups: dict[str, dict], names: list[str]) -> Table:
+    """One row per prompt group: prompts, the PWN's mean weight on each objective, the group's hypervolume."""
+    table = Table(title="PWN's weights per prompt group")
+    table.add_column("group")
+    table.add_column("prompts", justify="right")
+    for name in names:
+        table.add_column(f"w {name}", justify="right")
+    table.add_column("hypervolume", justify="right")
+    for group, entry in groups.items():
+        weights = entry.get("pwn_weights")
+        cells = [f"{w:.2f}" for w in weights] if weights else ["—"] * len(names)
+        hv = entry.get("hypervolume")
+        table.add_row(group, str(entry.get("num_prompts", "")), *cells, "—" if hv is None else f"{hv:.4f}")
+    return table
