@@ -321,16 +321,25 @@ class MealModule(L.LightningModule):
         return texts
 
     @torch.no_grad()
+    def evaluate_front_per_prompt(self, prompts: list[str], weights: Tensor) -> Tensor:
+        """Raw rewards (M,P,K) of one response per prompt under each preference of `weights` (M,K)."""
+        M, P = len(weights), len(prompts)
+        return self.rewards(prompts * M, self.respond(prompts * M, weights.repeat_interleave(P, 0))).view(M, P, -1)
+
+    @torch.no_grad()
     def evaluate_front(self, prompts: list[str], weights: Tensor) -> Tensor:
         """Mean raw reward (M,K) of responses to `prompts` under each preference of `weights` (M,K)."""
-        M, P = len(weights), len(prompts)
-        raw = self.rewards(prompts * M, self.respond(prompts * M, weights.repeat_interleave(P, 0))).view(M, P, -1)
-        return raw.nanmean(1)
+        return self.evaluate_front_per_prompt(prompts, weights).nanmean(1)
+
+    @torch.no_grad()
+    def pwn_weights(self, prompts: list[str]) -> Tensor:
+        """The PWN's own preference (P,K) for each prompt: no exploration, no generation."""
+        ids, mask, _ = encode_prompts(self.tokenizer, prompts, self.max_prompt_length, self.device)
+        return self.pwn(self.prompt_features(ids, mask)).cpu()
 
     @torch.no_grad()
     def evaluate_pwn_choice(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
         """The preference the PWN picks by itself (no exploration) and the mean raw reward it reaches."""
-        ids, mask, _ = encode_prompts(self.tokenizer, prompts, self.max_prompt_length, self.device)
-        weights = self.pwn(self.prompt_features(ids, mask)).cpu()
+        weights = self.pwn_weights(prompts)
         raw = self.rewards(prompts, self.respond(prompts, weights))
         return weights.mean(0), raw.nanmean(0)
