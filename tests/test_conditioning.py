@@ -1,8 +1,11 @@
 """Preference conditioning: the tags (quantisation, tokenizer round trip, validation of user input) and
 the backends that add their own path for w (merge = conditioned forward, LoRA, generation, torch.func)."""
 
+import contextlib
 import copy
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
+from meal_pl import export
 from meal_pl.conditioning import TextTagConditioner, check_preference
 from meal_pl.conditioning.base import preference_modules
 from meal_pl.models import apply_lora, export_policy, tiny_llama
@@ -81,6 +85,11 @@ W = torch.tensor([[1.0, 0.0], [0.3, 0.7]])
 
 def build(backend: str, lora: bool = False):
     """(conditioner, tiny policy, (B,P) conditioned ids, mask) for a backend from its config file."""
+    cond, model, _, ids, mask = build_with_tokenizer(backend, lora)
+    return cond, model, ids, mask
+
+
+def build_with_tokenizer(backend: str, lora: bool = False):
     cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "conditioning" / f"{backend}.yaml")
     cond = instantiate(cfg)(names=["a", "b"])
     model, tok = tiny_llama(CORPUS, vocab_size=300, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
@@ -90,7 +99,7 @@ def build(backend: str, lora: bool = False):
         cond.unfreeze(model)
     prompt = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
     ids, mask = cond.condition(prompt, torch.ones_like(prompt), W)
-    return cond, model.eval(), ids, mask
+    return cond, model.eval(), tok, ids, mask
 
 
 def logits(model, ids, mask):
@@ -258,3 +267,38 @@ def test_merge_refuses_a_bad_preference():
     cond, model, _, _ = build("embedding")
     with pytest.raises(ValueError, match="sums to"):
         cond.merge(model, [0.5, 0.6])
+
+
+def fake_module(backend: str, lora: bool):
+    """The attributes export() reads from a MealModule, around a conditioned tiny policy."""
+    cond, model, tok, ids, mask = build_with_tokenizer(backend, lora=lora)
+    ref = None if lora else copy.deepcopy(model).requires_grad_(False)
+    module = SimpleNamespace(policy=model, ref=ref, tokenizer=tok, conditioner=cond, objective_names=["a", "b"],
+                             pwn=None, reference_point=[0.0, 0.0])
+    return module, ids, mask
+
+
+@pytest.mark.parametrize("backend, lora", [("embedding", False), ("svd_lora", True), ("tied_tags", True)])
+def test_export_merges_at_the_given_preference(backend, lora, tmp_path):
+    module, ids, mask = fake_module(backend, lora)
+    cond = module.conditioner
+    if cond.needs_export_preference:
+        with pytest.raises(ValueError, match=r"conditioning=.* give preference=\["):
+            export.export(module, tmp_path / "x")
+    out = export.export(module, tmp_path / "out", preference=[0.3, 0.7])
+    meta = json.loads((out / "meal.json").read_text())
+    assert meta["conditioning"] == backend and meta["merged_preference"] == pytest.approx([0.3, 0.7])
+    with cond.preference(module.policy, W[1:]):
+        expected = logits(module.policy, ids[1:], mask[1:])
+    policy = AutoModelForCausalLM.from_pretrained(out)
+    torch.testing.assert_close(logits(policy, ids[1:], mask[1:]), expected, atol=1e-5, rtol=0)
+    assert preference_modules(module.policy)  # the module's own policy is left conditioned
+    # reference/: pi_ref on bare prompts (no preference set), as the PWN's features see it
+    prompt = ids[:, :4]
+    with contextlib.ExitStack() as stack:
+        if lora:
+            stack.enter_context(module.policy.disable_adapter())
+            stack.enter_context(cond.reference(module.policy))
+        expected_ref = logits(module.ref or module.policy, prompt, mask[:, :4])
+    reference = AutoModelForCausalLM.from_pretrained(out / "reference")
+    torch.testing.assert_close(logits(reference, prompt, mask[:, :4]), expected_ref, atol=1e-5, rtol=0)

@@ -57,8 +57,9 @@ class EmbeddingConditioner(TextTagConditioner):
     def merge_into(self, model: PreTrainedModel, weights: Tensor) -> None:
         for edit in preference_modules(model):
             if isinstance(edit, PreferenceEmbedding):
-                untie_output_embeddings(model)  # the shift belongs to the input only
-                with torch.no_grad():
-                    table = model.get_input_embeddings().weight
-                    table += edit.shift(weights[None].to(table))[0]
+                if weights.any():  # w = 0 (the reference's bare prompts) shifts nothing: keep the tie
+                    untie_output_embeddings(model)  # the shift belongs to the input only
+                    with torch.no_grad():
+                        table = model.get_input_embeddings().weight
+                        table += edit.shift(weights[None].to(table))[0]
                 edit.uninstall(model)

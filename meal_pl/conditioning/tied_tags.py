@@ -45,7 +45,7 @@ class TiedTagEmbedding(InputEmbeddingEdit):
     def edit(self, ids: Tensor | None, embeds: Tensor) -> Tensor:
         if ids is None:
             return embeds
-        pos = torch.searchsorted(self.sorted_ids, ids).clamp(max=len(self.sorted_ids) - 1)
+        pos = torch.searchsorted(self.sorted_ids, ids.contiguous()).clamp(max=len(self.sorted_ids) - 1)
         is_tag = self.sorted_ids[pos] == ids  # (B,T)
         rows = self.tag_rows().to(embeds.dtype)[pos]  # (B,T,H)
         return torch.where(is_tag[..., None], rows, embeds)
