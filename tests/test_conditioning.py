@@ -17,6 +17,7 @@ from meal_pl import export
 from meal_pl.conditioning import TextTagConditioner, check_preference
 from meal_pl.conditioning.base import preference_modules
 from meal_pl.models import apply_lora, export_policy, tiny_llama
+from meal_pl.sft import warm_start
 
 CORPUS = ["\n\nHuman: how do I bake bread?\n\nAssistant: Mix flour, water, yeast and salt."] * 20
 
@@ -302,3 +303,13 @@ def test_export_merges_at_the_given_preference(backend, lora, tmp_path):
         expected_ref = logits(module.ref or module.policy, prompt, mask[:, :4])
     reference = AutoModelForCausalLM.from_pretrained(out / "reference")
     torch.testing.assert_close(logits(reference, prompt, mask[:, :4]), expected_ref, atol=1e-5, rtol=0)
+
+
+def test_warm_start_trains_the_backend_under_the_tags_preference():
+    cond, model, ids, mask = build("embedding")
+    (edit,) = preference_modules(model)
+    before = edit.proj.detach().clone()
+    responses = torch.tensor([[20, 21, 2], [22, 23, 2]])
+    batches = [(ids, mask, responses, torch.ones_like(responses, dtype=torch.bool))]
+    warm_start(model, batches, steps=2, lr=1e-2, conditioner=cond)
+    assert (edit.proj - before).abs().max() > 0  # w reached the map: it was set from the tags of each batch
