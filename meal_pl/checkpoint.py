@@ -15,6 +15,7 @@ import random
 import re
 import tempfile
 import warnings
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +180,21 @@ def find_last_checkpoint(runs_dir: str | Path, exclude: str | Path | None = None
             "of a .ckpt file, or drop ckpt_path to start a new run"
         )
     return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+def meal_state(module: Any) -> dict[str, Any]:
+    """What a MealModule keeps beyond its state_dict: buffers, counters, RNG states, identity, the PWN's optimiser."""
+    return {
+        "meta_buffer": list(module.meta_buffer), "alt_buffer": module.alt_buffer, "counters": dict(module.counters),
+        "rng": collect_rng_states(), "identity": module.identity(),
+        "pwn_optimizer": None if module.pwn_opt is None else module.pwn_opt.state_dict(),
+    }
+
+
+def restore_meal_state(module: Any, state: dict[str, Any]) -> None:
+    """Inverse of meal_state; the RNG states wait in module.rng_to_restore for the first resumed step."""
+    module.meta_buffer = deque(state.get("meta_buffer", []), maxlen=module.meta.buffer_size)
+    module.alt_buffer = state.get("alt_buffer", [])
+    module.counters.update(state.get("counters", {}))
+    module.rng_to_restore = state.get("rng")
+    module._pwn_opt_state = state.get("pwn_optimizer")

@@ -73,3 +73,22 @@ def all_gather_rows(t: Tensor) -> Tensor:
     out = [torch.empty_like(t) for _ in range(size)]
     dist.all_gather(out, t.contiguous())
     return torch.cat(out)
+
+
+def prepare_strategy(strategy, lookahead: str, accumulate_grad_batches: int, replicated: list) -> None:
+    """Refuse what a strategy cannot run, and keep the `replicated` modules (PWN, reward statistics) whole."""
+    kind = strategy_kind(strategy)
+    if kind == "fsdp":
+        if lookahead != "alternating":
+            raise ValueError(
+                f"algorithm.meta.lookahead={lookahead} takes functional fast weights, which FSDP's "
+                "sharded flat parameters do not expose; use algorithm.meta.lookahead=alternating with "
+                "hardware=fsdp, or hardware=ddp/deepspeed (ZeRO-2 keeps full weights)"
+            )
+        # The PWN and reward statistics stay whole on every rank; meal_pl.distributed syncs them.
+        strategy.kwargs.setdefault("ignored_states", replicated)
+    if kind == "deepspeed" and accumulate_grad_batches > 1:
+        raise ValueError(
+            "algorithm.accumulate_grad_batches>1 is not supported with hardware=deepspeed: set "
+            "gradient_accumulation_steps in the DeepSpeed config instead"
+        )

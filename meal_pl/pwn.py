@@ -70,3 +70,17 @@ class FixedPreferences(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         return self.fixed.expand(features.shape[0], -1).to(features.device)
+
+
+def propose(pwn: nn.Module, features: Tensor, exploration: float) -> tuple[Tensor, Tensor]:
+    """METHOD.md step 1: (B,K) preferences and the (B,) mask of exploring prompts.
+
+    A learnable PWN's w_i is replaced by a Dirichlet(1) draw with probability `exploration`; a static
+    source (uniform, fixed) is all exploration: no prompt carries a preference the meta step could move.
+    """
+    w = pwn(features)
+    if not getattr(pwn, "learnable", False):
+        return w, torch.ones(len(w), dtype=torch.bool, device=w.device)
+    explore = torch.rand(len(w), device=w.device) < exploration
+    draws = torch.distributions.Dirichlet(torch.ones_like(w[0])).sample((len(w),))
+    return torch.where(explore[:, None], draws, w), explore

@@ -106,3 +106,28 @@ class RejectionSampler:
         """(keep mask, selection weights a_ij(w)) for normalised rewards (B,N,K); gradients flow through w."""
         keep = losses.rejection_mask(weights.detach(), rewards, valid, self.drop_dominated, self.quantile)
         return keep, losses.selection_weights(weights, rewards, keep, self.tau)
+
+
+@torch.no_grad()
+def generate_eval_mode(sampler: RejectionSampler, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                       prefix: Tensor, prefix_mask: Tensor, suppress_ids: list[int], greedy: bool = False,
+                       num_samples: int | None = None, synced_gpus: bool = False) -> Tensor:
+    """`sampler.generate` with the policy in eval mode (no dropout), never emitting `suppress_ids` (the
+    preference tags), padding or BOS; the policy's mode is restored afterwards."""
+    suppress = suppressed_ids(tokenizer, suppress_ids)
+    was_training = policy.training
+    policy.eval()
+    try:
+        return sampler.generate(policy, prefix, prefix_mask, tokenizer.pad_token_id, tokenizer.eos_token_id,
+                                num_samples=num_samples, greedy=greedy, suppress_ids=suppress, synced_gpus=synced_gpus)
+    finally:
+        policy.train(was_training)
+
+
+def suppressed_ids(tokenizer: PreTrainedTokenizerBase, tag_ids: list[int]) -> list[int]:
+    """Token ids a response must never contain: the preference tags, padding and BOS (EOS stays allowed)."""
+    ids = list(tag_ids)
+    for special in (tokenizer.pad_token_id, tokenizer.bos_token_id):
+        if special is not None and special != tokenizer.eos_token_id:
+            ids.append(special)
+    return ids

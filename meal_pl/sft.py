@@ -55,3 +55,32 @@ def warm_start(
         optimizer.step()
         history.append(loss.item())
     return history
+
+
+def warm_start_module(module, pairs: list[tuple[str, str]], seed: int = 0) -> list[float]:
+    """A MealModule's warm start: SFT on (prompt, response) pairs under the tags of the trade-off each achieves."""
+    from meal_pl.losses import relabel
+
+    prompts, responses = [p for p, _ in pairs], [r for _, r in pairs]
+    raw = module.rewards(prompts, responses)
+    module.reward_norm.update(raw[torch.isfinite(raw).all(-1)])
+    tags = relabel(module.reward_norm.normalize(raw).nan_to_num(0.0), module.sampler.relabel_tau)
+    batches = tagged_batches(module.tokenizer, module.conditioner, prompts, responses, tags, module.max_prompt_length,
+                             module.sampler.max_new_tokens, module.warm_start_batch_size)
+    return warm_start(module.policy, batches, module.warm_start_steps, module.warm_start_lr, seed=seed)
+
+
+def tagged_batches(tokenizer, conditioner, prompts: list[str], responses: list[str], tags: Tensor,
+                   max_prompt_length: int, max_new_tokens: int, batch_size: int) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """(prefix_ids, prefix_mask, responses, resp_mask) batches: each pair under its (S,K) tags."""
+    from meal_pl.sampling import encode_prompts
+    from meal_pl.sequences import encode_responses
+
+    batches = []
+    for i in range(0, len(prompts), batch_size):
+        sl = slice(i, i + batch_size)
+        ids, mask, _ = encode_prompts(tokenizer, prompts[sl], max_prompt_length)
+        ids, mask = conditioner.condition(ids, mask, tags[sl])
+        resp, resp_mask = encode_responses(tokenizer, responses[sl], max_new_tokens)
+        batches.append((ids, mask, resp, resp_mask))
+    return batches

@@ -5,7 +5,7 @@ import socket
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_meta import fixed_batch, micro_module, pwn_gradient
+from test_meta import fixed_batch, meta_gradient_of, micro_module, pwn_gradient
 
 from meal_pl import distributed, losses
 
@@ -39,7 +39,7 @@ def rank_pwn_gradient(rank: int, lookahead: str) -> list[torch.Tensor]:
     local = {k: v[rows] for k, v in inner.items()}
     keep = torch.ones(1, N, dtype=torch.bool)
     sel = losses.selection_weights(module.pwn(features[rank : rank + 1]), rewards[rank : rank + 1], keep, module.sampler.tau)
-    meta_grad, _ = module.meta_gradient(local, [meta_rows[rank]], sel.detach())
+    meta_grad, _ = meta_gradient_of(module, local, [meta_rows[rank]], sel.detach())
     grads = torch.autograd.grad(losses.pwn_meta_loss(sel, meta_grad), list(module.pwn.parameters()))
     return distributed.all_reduce_mean(list(grads))
 

@@ -3,14 +3,27 @@
 import pytest
 import torch
 
-from meal_pl import losses
+from meal_pl import losses, meta
+from meal_pl.meta import MetaConfig
 from meal_pl.models import tiny_llama
-from meal_pl.module import MealModule, MetaConfig
+from meal_pl.module import MealModule
 from meal_pl.pwn import PreferenceWeightNet
 from meal_pl.rewards import RewardSet
 from meal_pl.sampling import RejectionSampler, encode_prompts
+from meal_pl.sequences import pack, sequence_logprobs
 
 CORPUS = [f"\n\nHuman: question {i} about bread?\n\nAssistant: answer {i} with flour and water." for i in range(30)]
+
+
+def logprobs(params, model, prefix, prefix_mask, responses):
+    return sequence_logprobs(model, prefix, prefix_mask, responses, params)
+
+
+def meta_gradient_of(module: MealModule, inner, meta_rows, selection, prompts=None):
+    """meal_pl.meta.meta_gradient with the module's policy and settings."""
+    batch = pack(meta_rows, module.tokenizer.pad_token_id)
+    return meta.meta_gradient(module.policy, inner, batch, selection, module.meta.lookahead, module.meta.inner_lr,
+                              module.beta, prompts)
 
 
 def micro_module(lookahead: str, lora: dict | None = None) -> MealModule:
@@ -45,7 +58,7 @@ def fixed_batch(module: MealModule):
     prefix = torch.cat([ids.repeat_interleave(N, 0), tags], 1)
     prefix_mask = torch.cat([mask.repeat_interleave(N, 0), torch.ones_like(tags)], 1)
     with torch.no_grad(), module.reference() as ref:
-        ref_logp = module.sequence_logprobs(None, ref, prefix, prefix_mask, responses)
+        ref_logp = logprobs(None, ref, prefix, prefix_mask, responses)
     inner = dict(prefix=prefix, prefix_mask=prefix_mask, responses=responses, resp_mask=resp_mask, ref_logp=ref_logp)
     meta_rows = [(prefix[i].tolist(), responses[i, :3].tolist()) for i in (0, 4)]
     return features, rewards, inner, meta_rows
@@ -57,12 +70,12 @@ def outer_after_lookahead(module, features, rewards, inner, meta_rows) -> torch.
     keep = torch.ones(B, N, dtype=torch.bool)
     a = losses.selection_weights(module.pwn(features), rewards, keep, module.sampler.tau).flatten()
     params = {n: p for n, p in module.policy.named_parameters() if p.requires_grad}
-    logp = module.sequence_logprobs(params, module.policy, inner["prefix"], inner["prefix_mask"], inner["responses"])
+    logp = logprobs(params, module.policy, inner["prefix"], inner["prefix_mask"], inner["responses"])
     loss, _, _ = losses.inner_loss(logp, inner["ref_logp"], inner["resp_mask"], a, module.beta, B)
     grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
     fast = {n: p - module.meta.inner_lr * g for (n, p), g in zip(params.items(), grads)}
-    m_prefix, m_mask, m_resp, m_resp_mask = module.pack(meta_rows)
-    return losses.outer_loss(module.sequence_logprobs(fast, module.policy, m_prefix, m_mask, m_resp), m_resp_mask)
+    m_prefix, m_mask, m_resp, m_resp_mask = pack(meta_rows, module.tokenizer.pad_token_id)
+    return losses.outer_loss(logprobs(fast, module.policy, m_prefix, m_mask, m_resp), m_resp_mask)
 
 
 def pwn_gradient(module, features, rewards, inner, meta_rows) -> list[torch.Tensor]:
@@ -70,7 +83,7 @@ def pwn_gradient(module, features, rewards, inner, meta_rows) -> list[torch.Tens
     B, N, _ = rewards.shape
     keep = torch.ones(B, N, dtype=torch.bool)
     selection = losses.selection_weights(module.pwn(features), rewards, keep, module.sampler.tau).detach()
-    meta_grad, _ = module.meta_gradient(inner, meta_rows, selection)
+    meta_grad, _ = meta_gradient_of(module, inner, meta_rows, selection)
     sel = losses.selection_weights(module.pwn(features), rewards, keep, module.sampler.tau)
     return torch.autograd.grad(losses.pwn_meta_loss(sel, meta_grad), list(module.pwn.parameters()))
 
@@ -107,8 +120,8 @@ def test_first_order_approximates_second_order():
     batch = fixed_batch(exact)
     B, N, _ = batch[1].shape
     sel = torch.full((B, N), 1 / N, dtype=torch.double)
-    g_exact, _ = exact.meta_gradient(batch[2], batch[3], sel)
-    g_first, _ = approx.meta_gradient(batch[2], batch[3], sel)
+    g_exact, _ = meta_gradient_of(exact, batch[2], batch[3], sel)
+    g_first, _ = meta_gradient_of(approx, batch[2], batch[3], sel)
     assert g_first.abs().sum() > 0
     cosine = torch.nn.functional.cosine_similarity(g_exact.flatten(), g_first.flatten(), dim=0)
     assert cosine > 0.9  # small alpha: the first-order term dominates

@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from test_meta import fixed_batch, micro_module
+from test_meta import fixed_batch, logprobs, meta_gradient_of, micro_module
 
 from meal_pl import losses
+from meal_pl.sequences import pack
 
 
 def full_batch_meta_gradient(module, inner, meta_rows, selection):
@@ -12,17 +13,17 @@ def full_batch_meta_gradient(module, inner, meta_rows, selection):
     B, N = selection.shape
     params = dict(module.policy.named_parameters())
     a = selection.flatten().clone().requires_grad_(True)
-    logp = module.sequence_logprobs(params, module.policy, inner["prefix"], inner["prefix_mask"], inner["responses"])
+    logp = logprobs(params, module.policy, inner["prefix"], inner["prefix_mask"], inner["responses"])
     _, nll, kl = losses.inner_loss(logp, inner["ref_logp"], inner["resp_mask"], a, module.beta, B)
     per_sample = nll + module.beta * kl
-    m_prefix, m_mask, m_resp, m_resp_mask = module.pack(meta_rows)
+    m_prefix, m_mask, m_resp, m_resp_mask = pack(meta_rows, module.tokenizer.pad_token_id)
     alpha = module.meta.inner_lr
     if module.meta.lookahead == "second_order":
         grads = torch.autograd.grad((a * per_sample).sum() / B, list(params.values()), create_graph=True)
         fast = {n: p - alpha * g for (n, p), g in zip(params.items(), grads)}
-        l_out = losses.outer_loss(module.sequence_logprobs(fast, module.policy, m_prefix, m_mask, m_resp), m_resp_mask)
+        l_out = losses.outer_loss(logprobs(fast, module.policy, m_prefix, m_mask, m_resp), m_resp_mask)
         return torch.autograd.grad(l_out, a)[0].view(B, N)
-    l_out = losses.outer_loss(module.sequence_logprobs(params, module.policy, m_prefix, m_mask, m_resp), m_resp_mask)
+    l_out = losses.outer_loss(logprobs(params, module.policy, m_prefix, m_mask, m_resp), m_resp_mask)
     g_out = torch.autograd.grad(l_out, list(params.values()))
     rows = [torch.autograd.grad(per_sample[i], list(params.values()), retain_graph=True) for i in range(B * N)]
     align = torch.stack([sum((g * h).sum() for g, h in zip(row, g_out)) for row in rows])
@@ -35,7 +36,7 @@ def test_skipped_entries_are_exactly_those_that_cannot_move_the_pwn(lookahead):
     _, _, inner, meta_rows = fixed_batch(module)
     selection = torch.tensor([[0.7, 0.0, 0.3], [0.2, 0.5, 0.3]], dtype=torch.double)  # one sample rejected
     prompts = torch.tensor([True, False])  # first_order: the second prompt's gradient is not needed
-    fast, _ = module.meta_gradient(inner, meta_rows, selection, prompts)
+    fast, _ = meta_gradient_of(module, inner, meta_rows, selection, prompts)
     reference = full_batch_meta_gradient(module, inner, meta_rows, selection)
     needed = selection > 0
     if lookahead == "first_order":

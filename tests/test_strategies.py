@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from meal_pl.callbacks.rejection_sampling import RejectionSampling
 from meal_pl.train import build
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +71,7 @@ def test_gradient_accumulation_updates_once_per_k_batches(tiny_cfg):
     datamodule, module = build(cfg)
     spy = AccumulationSpy()
     trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[spy])
+                        enable_model_summary=False, callbacks=[RejectionSampling(), spy])
     trainer.fit(module, datamodule=datamodule)
     # 4 batches for 2 updates: the weights move only on every second batch; gradients wait in between.
     assert [step for step, _, _ in spy.rows] == [0, 1, 1, 2]

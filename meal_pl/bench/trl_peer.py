@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from meal_pl.sampling import encode_prompts
+from meal_pl.sampling import encode_prompts, suppressed_ids
 from meal_pl.train import build
 
 
@@ -90,7 +90,7 @@ def run_trl(cfg: DictConfig, warmup_steps: int = 2, reward_weights: list[float] 
         temperature=sampler.temperature,
         top_k=sampler.top_k,
         top_p=sampler.top_p,
-        generation_kwargs={"min_new_tokens": sampler.min_new_tokens, "suppress_tokens": module.suppressed_ids()},
+        generation_kwargs={"min_new_tokens": sampler.min_new_tokens, "suppress_tokens": suppressed_ids(module.tokenizer, module.conditioner.token_ids.flatten().tolist())},
         learning_rate=cfg.algorithm.policy_optimizer.lr,
         beta=module.beta,
         reward_weights=weights,

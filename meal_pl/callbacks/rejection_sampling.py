@@ -1,0 +1,86 @@
+"""Rollout callbacks: at the start of each training batch, produce the Rollout the module's step consumes.
+
+`RolloutCallback` is the contract (subclass it and override `rollout` to change how samples are drawn,
+scored or selected: hard best-of-N, another filter, another generator); `RejectionSampling` is Meal's
+(METHOD.md steps 1-5): propose -> condition -> generate N -> score K rewards -> normalise -> select -> relabel.
+"""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+
+from meal_pl import distributed, losses
+from meal_pl.pwn import propose
+from meal_pl.rollout import Rollout
+from meal_pl.sampling import encode_prompts, response_mask
+from meal_pl.sequences import sequence_logprobs
+
+
+class RolloutCallback(L.Callback):
+    """Hands the module one Rollout per training batch, before its training_step runs."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        # A resumed run's RNG streams are restored here, right before the first resumed rollout draws from them.
+        pl_module.restore_rng_states()
+        pl_module.rollout = self.rollout(pl_module, list(batch))
+
+    def rollout(self, module: L.LightningModule, prompts: list[str]) -> Rollout:
+        raise NotImplementedError
+
+
+class RejectionSampling(RolloutCallback):
+    """Meal's rollout. Sampling and selection settings are the algorithm's (`algorithm.sampler.*`)."""
+
+    def rollout(self, module: L.LightningModule, prompts: list[str]) -> Rollout:
+        sampler, tok = module.sampler, module.tokenizer
+        B, N = len(prompts), sampler.num_samples
+        ids, mask, truncated = encode_prompts(tok, prompts, module.max_prompt_length, module.device)
+        if truncated and module.prompt_overflow == "error":  # on_fit_start checked the data; this guards other sources
+            raise ValueError(f"{truncated} prompts of the batch exceed algorithm.max_prompt_length={module.max_prompt_length}")
+        # 1-2. propose preferences and condition the prompts; static sources read no features (no reference pass)
+        learnable = getattr(module.pwn, "learnable", False)
+        features = module.prompt_features(ids, mask) if learnable else ids.new_zeros(B, 1).float()
+        with torch.no_grad():
+            weights, explore = propose(module.pwn, features, module.meta.exploration)
+        cond = module.tag_weights(weights)
+        prefix, prefix_mask = module.conditioner.condition(ids, mask, cond)
+        # 3. sample and score
+        start = time.perf_counter()
+        responses = module.generate(prefix, prefix_mask)  # (B*N, T)
+        gen_time = time.perf_counter() - start
+        resp_mask = response_mask(responses, tok.eos_token_id)
+        texts = tok.batch_decode(responses, skip_special_tokens=True)
+        raw, rewards, valid = self.score(module, [p for p in prompts for _ in range(N)], texts, B, N)
+        # 4-5. rejection sampling and relabelling
+        keep, selection = sampler.select(weights, rewards, valid)
+        tags = losses.relabel(rewards, sampler.relabel_tau) if sampler.relabel else cond[:, None].expand_as(rewards)
+        S, K = B * N, rewards.shape[-1]
+        seq_prefix = torch.cat([ids.repeat_interleave(N, 0), module.conditioner.tag_ids(tags.reshape(S, K))], 1)
+        seq_mask = torch.cat([mask.repeat_interleave(N, 0), torch.ones(S, K, dtype=mask.dtype, device=module.device)], 1)
+        with torch.no_grad(), module.reference() as ref:
+            ref_logp = sequence_logprobs(ref, seq_prefix, seq_mask, responses)
+        return Rollout(
+            prompts=prompts, features=features, weights=weights, explore=explore, responses=responses,
+            resp_mask=resp_mask, raw=raw, rewards=rewards, valid=valid, keep=keep, selection=selection,
+            prefix=seq_prefix, prefix_mask=seq_mask, ref_logp=ref_logp,
+            non_dominated=valid & ~losses.dominated(rewards, valid), gen_time=gen_time,
+            counts={"truncated_prompts": truncated, "invalid_rewards": int((~valid).sum())},
+        )
+
+    @staticmethod
+    def score(module: L.LightningModule, prompts: list[str], texts: list[str], B: int, N: int):
+        """Raw (S,K) rewards, running-normalised (B,N,K) rewards and the (B,N) validity mask."""
+        raw = module.rewards(prompts, texts).to(module.device)
+        valid = torch.isfinite(raw).all(-1)
+        if not valid.any():
+            raise RuntimeError(
+                f"every reward in the batch is NaN/inf (objectives {module.objective_names}); check the reward "
+                "backends in objective.rewards"
+            )
+        # Every rank folds in every rank's rewards, so the normalisation is the same everywhere.
+        module.reward_norm.update(distributed.all_gather_rows(raw))
+        rewards = module.reward_norm.normalize(raw).nan_to_num(0.0).view(B, N, -1)
+        return raw, rewards, valid.view(B, N)

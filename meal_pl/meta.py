@@ -1,0 +1,149 @@
+"""The meta-learner's step (METHOD.md steps 7-8) as functions of explicit parameters and tensors.
+
+`meta_gradient` gives dL_out/da_ij through a one-step lookahead of the policy; `pwn_step` chains it into
+the PWN and regresses the PWN onto optimised preference logits; `alternating_batch` turns the buffered
+statistics of the `alternating` mode into the same inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+
+from meal_pl import distributed, losses
+from meal_pl.sequences import sequence_logprobs
+
+LOOKAHEADS = ("second_order", "first_order", "alternating")
+
+
+@dataclass
+class MetaConfig:
+    """The meta-learner's step (METHOD.md steps 7-8)."""
+
+    lookahead: str = "second_order"  # second_order | first_order | alternating
+    inner_lr: float = 0.1  # alpha of the one-step lookahead theta' = theta - alpha grad L_in
+    meta_batch_size: int = 16  # non-dominated responses in the held-out meta batch
+    buffer_size: int = 64  # past non-dominated responses the meta batch is drawn from
+    alternating_every: int = 8  # k: policy steps between PWN updates in `alternating`
+    preference_steps: int = 2  # gradient steps on the free preference logits z (0 = off)
+    preference_lr: float = 0.5  # step length of a z step (row-normalised gradient)
+    regression_weight: float = 1.0  # weight of KL(softmax(z*) || PWN) in the PWN loss
+    exploration: float = 0.25  # probability a prompt's preference is a Dirichlet(1) draw
+    frozen: bool = False  # ablation: never update the PWN
+
+    def __post_init__(self) -> None:
+        if self.lookahead not in LOOKAHEADS:
+            raise ValueError(f"algorithm.meta.lookahead={self.lookahead!r}; choose one of {LOOKAHEADS}")
+        if not 0 <= self.exploration <= 1:
+            raise ValueError(f"algorithm.meta.exploration={self.exploration} must be in [0, 1]")
+
+
+def meta_gradient(policy: PreTrainedModel, inner: dict[str, Tensor], meta_batch: tuple[Tensor, Tensor, Tensor, Tensor],
+                  selection: Tensor, lookahead: str, inner_lr: float, beta: float,
+                  prompts: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """dL_out/da_ij (B,N) through a one-step lookahead, and L_out at theta (for logging).
+
+    theta' = theta - alpha/B sum_ij a_ij grad l_ij(theta) is linear in a, so exactly
+    dL_out(theta')/da_ij = -alpha/B <grad l_ij(theta), g> with g = grad L_out(theta') (`second_order`),
+    approximated by g = grad L_out(theta) (`first_order`). All inner products come from one
+    forward-mode jvp of the per-sample losses along g: no double backward, no per-sample gradients.
+    The lookahead runs over the trainable parameters only (LoRA adapters when LoRA is on).
+    Under DDP the inner gradient and g are averaged across ranks, so theta' and L_out are the global
+    ones and the rank-averaged PWN gradient is the exact gradient of the global L_out.
+
+    `inner` holds the rollout's prefix, prefix_mask, responses, resp_mask and ref_logp; `meta_batch` the
+    packed held-out (prefix, mask, responses, resp_mask). Only entries that can move the PWN are computed,
+    the rest are 0: a sample with a_ij = 0 was rejected (a_ij stays 0 whatever w is, and it adds nothing to
+    L_in), and first_order also skips the prompts outside `prompts` (B,), whose a_ij cannot move or are
+    never read by pwn_step. second_order keeps every selected sample: the lookahead sums over all of them.
+    """
+    params = {n: p for n, p in policy.named_parameters() if p.requires_grad}
+    if not params:
+        raise RuntimeError("the policy has no trainable parameters for the meta step's lookahead")
+    m_prefix, m_mask, m_resp, m_resp_mask = meta_batch
+    B, N = selection.shape
+    active = selection.flatten() > 0
+    if prompts is not None and lookahead == "first_order":
+        active &= prompts.repeat_interleave(N)
+    idx = active.nonzero().squeeze(1)
+    sub = {k: v[idx] for k, v in inner.items()}
+    a = selection.detach().flatten()[idx]
+
+    def per_sample(p: dict[str, Tensor]) -> Tensor:
+        logp = sequence_logprobs(policy, sub["prefix"], sub["prefix_mask"], sub["responses"], p)
+        _, nll, kl = losses.inner_loss(logp, sub["ref_logp"], sub["resp_mask"], a, beta, B)
+        return nll + beta * kl
+
+    def meta_loss(p: dict[str, Tensor]) -> Tensor:
+        return losses.outer_loss(sequence_logprobs(policy, m_prefix, m_mask, m_resp, p), m_resp_mask)
+
+    names = list(params)
+    detached = {n: p.detach() for n, p in params.items()}
+    if lookahead == "second_order":
+        with torch.no_grad():
+            l_out0 = meta_loss(detached)
+        g_in = torch.autograd.grad((a * per_sample(params)).sum() / B, list(params.values()))
+        g_in = distributed.all_reduce_mean(list(g_in))
+        fast = {n: (detached[n] - inner_lr * g).requires_grad_(True) for n, g in zip(names, g_in, strict=True)}
+        g_out = torch.autograd.grad(meta_loss(fast), list(fast.values()))
+    else:
+        l_out0 = meta_loss(params)
+        g_out = torch.autograd.grad(l_out0, list(params.values()))
+    g_out = distributed.all_reduce_mean(list(g_out))
+    tangent = dict(zip(names, g_out, strict=True))
+    _, align = torch.func.jvp(per_sample, (detached,), (tangent,))
+    grad = torch.zeros(B * N, dtype=align.dtype, device=align.device).index_copy(0, idx, -inner_lr * align / B)
+    return grad.view(B, N).detach(), l_out0.detach()
+
+
+def pwn_step(pwn: nn.Module, optimizer: torch.optim.Optimizer, features: Tensor, rewards: Tensor, keep: Tensor,
+             meta_grad: Tensor, rows: Tensor, tau: float, cfg: MetaConfig, clip: float) -> dict[str, float]:
+    """Steps 7-8 on the PWN: exact meta gradient via the surrogate, plus regression onto optimised z.
+
+    Called on every rank or on none; the gradients are averaged across ranks before the step.
+    """
+    T = getattr(pwn, "temperature", 1.0)
+    logits = pwn.logits(features[rows])
+    r, k, g = rewards[rows], keep[rows], meta_grad[rows]
+    meta_loss = losses.pwn_meta_loss(losses.selection_weights(torch.softmax(logits / T, -1), r, k, tau), g)
+    z = logits.detach().clone()
+    for _ in range(cfg.preference_steps):
+        z.requires_grad_(True)
+        surrogate = losses.pwn_meta_loss(losses.selection_weights(torch.softmax(z / T, -1), r, k, tau), g)
+        (gz,) = torch.autograd.grad(surrogate, z)
+        z = (z - cfg.preference_lr * gz / gz.norm(dim=-1, keepdim=True).clamp(min=1e-12)).detach()
+    regression = losses.preference_regression(torch.softmax(logits / T, -1), torch.softmax(z / T, -1))
+    total = meta_loss + cfg.regression_weight * regression
+    params = [p for p in pwn.parameters() if p.requires_grad]
+    # autograd.grad, not backward: the PWN is no concern of DDP's reducer nor of the policy's optimiser.
+    grads = distributed.all_reduce_mean(list(torch.autograd.grad(total, params)))
+    for p, grad in zip(params, grads, strict=True):
+        p.grad = grad.to(p.dtype)
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"meta/pwn_surrogate": float(meta_loss.detach()), "meta/preference_regression": float(regression.detach()),
+            "meta/z_shift": float((torch.softmax(z / T, -1) - torch.softmax(logits.detach() / T, -1)).abs().sum(-1).mean())}
+
+
+def alternating_batch(buffer: list[tuple[Tensor, Tensor, Tensor, Tensor]], device: torch.device | str
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """`alternating`: (features, rewards, valid, meta_grad, rows) for pwn_step from k buffered steps.
+
+    No lookahead. Target: preferences under which soft selection concentrates on the prompt's non-dominated
+    samples, i.e. trade-offs the policy can actually reach for that prompt (dL/da_ij = -nd_ij / B).
+    """
+    features, rewards, valid, nd = (torch.cat(t).to(device) for t in zip(*buffer, strict=True))
+    meta_grad = -nd.float() / len(features)
+    rows = torch.ones(len(features), dtype=torch.bool, device=device)
+    return features, rewards, valid, meta_grad, rows
+
+
+def buffer_rows(prefix: Tensor, prefix_mask: Tensor, responses: Tensor, resp_mask: Tensor, non_dominated: Tensor
+                ) -> list[tuple[list[int], list[int]]]:
+    """The (prefix ids, response ids) of a rollout's non-dominated, non-empty samples: future meta batches."""
+    rows = zip(prefix, prefix_mask, responses, resp_mask, non_dominated.flatten(), strict=True)
+    return [(p[m.bool()].tolist(), y[ym].tolist()) for p, m, y, ym, nd in rows if nd and ym.any()]

@@ -1,0 +1,45 @@
+"""Token sequences of a policy: log-probabilities of responses after a prefix, and packing id lists into tensors."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from meal_pl import losses
+from meal_pl.models import is_peft
+from meal_pl.sampling import position_ids
+
+
+def sequence_logprobs(model: PreTrainedModel, prefix: Tensor, prefix_mask: Tensor, responses: Tensor,
+                      params: dict[str, Tensor] | None = None) -> Tensor:
+    """log pi(response tokens | prefix): (S,P),(S,T) -> (S,T); `params` runs the model functionally."""
+    ids = torch.cat([prefix, responses], 1)
+    mask = torch.cat([prefix_mask, torch.ones_like(responses)], 1)  # right padding sits after the targets
+    kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=responses.shape[1] + 1)
+    # peft's tied trainable tokens share one ParameterDict between embedding and LM head: swapping it
+    # through both names would restore the swapped tensor (torch.func), so swap it once (tie_weights=False).
+    # A plain tied model needs tie_weights=True, or the LM head would keep the old weights.
+    out = model(**kwargs) if params is None else torch.func.functional_call(model, params, (), kwargs, tie_weights=not is_peft(model))
+    return losses.token_logprobs(out.logits[:, :-1], responses)
+
+
+def pack(rows: list[tuple[list[int], list[int]]], pad: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(prefix, response) id lists -> left-padded prefixes, their mask, right-padded responses, their mask."""
+    p_width, r_width = max(len(p) for p, _ in rows), max(len(r) for _, r in rows)
+    prefix = torch.tensor([[pad] * (p_width - len(p)) + p for p, _ in rows], device=device)
+    prefix_mask = torch.tensor([[0] * (p_width - len(p)) + [1] * len(p) for p, _ in rows], device=device)
+    resp = torch.tensor([r + [pad] * (r_width - len(r)) for _, r in rows], device=device)
+    resp_mask = torch.tensor([[True] * len(r) + [False] * (r_width - len(r)) for _, r in rows], device=device)
+    return prefix, prefix_mask, resp, resp_mask
+
+
+def encode_responses(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_new_tokens: int) -> tuple[Tensor, Tensor]:
+    """Right-padded response ids ending in EOS, truncated to max_new_tokens (the warm start's targets)."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    encoded = tokenizer([" " + t for t in texts], add_special_tokens=False)["input_ids"]
+    rows = [ids[: max_new_tokens - 1] + [eos] for ids in encoded]
+    width = max(len(r) for r in rows)
+    resp = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
+    mask = torch.tensor([[True] * len(r) + [False] * (width - len(r)) for r in rows])
+    return resp, mask
