@@ -67,7 +67,8 @@ def warm_start_module(module, pairs: list[tuple[str, str]], seed: int = 0) -> li
     tags = relabel(module.reward_norm.normalize(raw).nan_to_num(0.0), module.sampler.relabel_tau)
     batches = tagged_batches(module.tokenizer, module.conditioner, prompts, responses, tags, module.max_prompt_length,
                              module.sampler.max_new_tokens, module.warm_start_batch_size)
-    return warm_start(module.policy, batches, module.warm_start_steps, module.warm_start_lr, seed=seed)
+    return warm_start(module.policy, batches, module.warm_start_steps, module.warm_start_lr, seed=seed,
+                      conditioner=module.conditioner)
 
 
 def tagged_batches(tokenizer, conditioner, prompts: list[str], responses: list[str], tags: Tensor,
