@@ -43,7 +43,7 @@ class MetaConfig:
 
 def meta_gradient(policy: PreTrainedModel, inner: dict[str, Tensor], meta_batch: tuple[Tensor, Tensor, Tensor, Tensor],
                   selection: Tensor, lookahead: str, inner_lr: float, beta: float,
-                  prompts: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                  prompts: Tensor | None = None, conditioner=None) -> tuple[Tensor, Tensor]:
     """dL_out/da_ij (B,N) through a one-step lookahead, and L_out at theta (for logging).
 
     theta' = theta - alpha/B sum_ij a_ij grad l_ij(theta) is linear in a, so exactly
@@ -73,12 +73,12 @@ def meta_gradient(policy: PreTrainedModel, inner: dict[str, Tensor], meta_batch:
     a = selection.detach().flatten()[idx]
 
     def per_sample(p: dict[str, Tensor]) -> Tensor:
-        logp = sequence_logprobs(policy, sub["prefix"], sub["prefix_mask"], sub["responses"], p)
+        logp = sequence_logprobs(policy, sub["prefix"], sub["prefix_mask"], sub["responses"], p, conditioner)
         _, nll, kl = losses.inner_loss(logp, sub["ref_logp"], sub["resp_mask"], a, beta, B)
         return nll + beta * kl
 
     def meta_loss(p: dict[str, Tensor]) -> Tensor:
-        return losses.outer_loss(sequence_logprobs(policy, m_prefix, m_mask, m_resp, p), m_resp_mask)
+        return losses.outer_loss(sequence_logprobs(policy, m_prefix, m_mask, m_resp, p, conditioner), m_resp_mask)
 
     names = list(params)
     detached = {n: p.detach() for n, p in params.items()}

@@ -37,7 +37,7 @@ from meal_pl.pareto import ideal_hypervolume
 from meal_pl.rewards import RewardSet, RunningRewardNorm
 from meal_pl.rollout import Rollout
 from meal_pl.sampling import RejectionSampler, encode_prompts, generate_eval_mode, position_ids
-from meal_pl.sequences import pack, sequence_logprobs
+from meal_pl.sequences import conditioned, pack, sequence_logprobs
 from meal_pl.sft import warm_start_module
 from meal_pl.step_metrics import step_metrics
 
@@ -58,7 +58,7 @@ class MealModule(L.LightningModule):
         pwn: Callable[..., torch.nn.Module], sampler: RejectionSampler, meta: MetaConfig,
         policy_optimizer: Callable[..., torch.optim.Optimizer], pwn_optimizer: Callable[..., torch.optim.Optimizer],
         beta: float = 0.05, warmup_steps: int = 10, gradient_clip_val: float = 1.0, max_prompt_length: int = 96,
-        prompt_overflow: str = "truncate", tag_resolution: int = 20, warm_start_steps: int = 0,
+        prompt_overflow: str = "truncate", conditioner: Callable[..., TextTagConditioner] | None = None, warm_start_steps: int = 0,
         warm_start_lr: float = 1e-3, warm_start_batch_size: int = 16, eval_batch_size: int = 128,
         eval_greedy: bool = False, eval_seed: int = 1234, histogram_every_n_steps: int = 10,
         accumulate_grad_batches: int = 1, lora: dict[str, Any] | None = None, neutral_tags: bool = False,
@@ -76,12 +76,14 @@ class MealModule(L.LightningModule):
         self.grid_points = int(objective.get("grid_points", 11))
         simplex = objective.get("front") == "simplex"
         self.max_hypervolume = ideal_hypervolume(len(self.objective_names), self.grid_points, self.reference_point) if simplex else None
-        self.conditioner = TextTagConditioner(self.objective_names, tag_resolution)
+        # How w reaches the policy (conditioning=tags|tied_tags|embedding|svd_lora); its modules live in the policy.
+        self.conditioner = (conditioner or TextTagConditioner)(names=self.objective_names)
         self.conditioner.attach(tokenizer, policy)
         # pi_ref: the frozen initial policy (re-synced after the warm start); its hidden states feed the PWN.
         # With LoRA it is the same weights with the adapters disabled, so the model is held once.
         if lora and lora.get("r", 0) > 0:
             self.policy = apply_lora(policy, self.conditioner.token_ids.flatten().tolist(), **lora)
+            self.conditioner.unfreeze(self.policy)  # peft froze the backend's own parameters with the base
             self.ref = None
         else:
             self.ref = copy.deepcopy(policy).requires_grad_(False).eval()
@@ -188,6 +190,7 @@ class MealModule(L.LightningModule):
         history = warm_start_module(self, pairs, seed)
         if self.ref is None:
             fold_lora(self.policy)  # the warmed-up weights become the base, i.e. pi_ref
+            self.conditioner.snapshot(self.policy)  # and so do the backend's, for pi_ref's frozen copy
         else:
             self.ref.load_state_dict(self.policy.state_dict())
         return history
@@ -223,7 +226,7 @@ class MealModule(L.LightningModule):
                 has_choice = (r.selection > 0).sum(-1) > 1
                 meta_grad, l_out = meta.meta_gradient(
                     self.policy, r.inner(), pack(meta_rows, self.tokenizer.pad_token_id, self.device), r.selection,
-                    self.meta.lookahead, self.meta.inner_lr, self.beta, rows & has_choice)
+                    self.meta.lookahead, self.meta.inner_lr, self.beta, rows & has_choice, self.conditioner)
                 logs = {"meta/outer_loss": float(l_out)}
                 logs |= meta.pwn_step(features=r.features, rewards=r.rewards, keep=r.keep, meta_grad=meta_grad, rows=rows, **step)
         self.meta_buffer.extend(new_rows)
@@ -233,7 +236,7 @@ class MealModule(L.LightningModule):
         """Step 6 on the policy. With accumulate_grad_batches=k, one update per k batches of 1/k-scaled losses;
         DDP all-reduces every micro-batch's gradient (a sum of averages is the average of the sum)."""
         policy_opt = self.optimizers()
-        logp = sequence_logprobs(self.policy, r.prefix, r.prefix_mask, r.responses)
+        logp = sequence_logprobs(self.policy, r.prefix, r.prefix_mask, r.responses, conditioner=self.conditioner)
         loss, _, kl = losses.inner_loss(logp, r.ref_logp, r.resp_mask, r.selection.flatten(), self.beta, len(r.prompts))
         if batch_idx % self.accumulate_grad_batches == 0:
             policy_opt.zero_grad()
@@ -271,7 +274,7 @@ class MealModule(L.LightningModule):
         was_training = self.policy.training
         self.policy.eval()  # the frozen copy is always in eval mode; keep LoRA's reference the same
         try:
-            with self.policy.disable_adapter():
+            with self.policy.disable_adapter(), self.conditioner.reference(self.policy):
                 yield self.policy
         finally:
             self.policy.train(was_training)
@@ -295,7 +298,8 @@ class MealModule(L.LightningModule):
         trainer = self._trainer
         synced = trainer is not None and trainer.world_size > 1 and distributed.shards_parameters(trainer.strategy)
         suppress = self.conditioner.token_ids.flatten().tolist()
-        return generate_eval_mode(self.sampler, self.policy, self.tokenizer, prefix, prefix_mask, suppress, greedy, num_samples, synced)
+        with conditioned(self.conditioner, self.policy, prefix):
+            return generate_eval_mode(self.sampler, self.policy, self.tokenizer, prefix, prefix_mask, suppress, greedy, num_samples, synced)
 
     # ----- evaluation interface used by ParetoEvalCallback and the CLIs -----------------------------
     def eval_prompts(self, n: int) -> list[str]:

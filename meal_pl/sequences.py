@@ -2,26 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from meal_pl import losses
+from meal_pl.conditioning import TextTagConditioner
 from meal_pl.models import is_peft
 from meal_pl.sampling import position_ids
 
 
 def sequence_logprobs(model: PreTrainedModel, prefix: Tensor, prefix_mask: Tensor, responses: Tensor,
-                      params: dict[str, Tensor] | None = None) -> Tensor:
-    """log pi(response tokens | prefix): (S,P),(S,T) -> (S,T); `params` runs the model functionally."""
+                      params: dict[str, Tensor] | None = None, conditioner: TextTagConditioner | None = None) -> Tensor:
+    """log pi(response tokens | prefix): (S,P),(S,T) -> (S,T); `params` runs the model functionally.
+
+    With a `conditioner`, the model runs under the preference that each prefix's tags say (the backends
+    that read w beyond the tags, e.g. `embedding`, `svd_lora`, need it).
+    """
     ids = torch.cat([prefix, responses], 1)
     mask = torch.cat([prefix_mask, torch.ones_like(responses)], 1)  # right padding sits after the targets
     kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=responses.shape[1] + 1)
     # peft's tied trainable tokens share one ParameterDict between embedding and LM head: swapping it
     # through both names would restore the swapped tensor (torch.func), so swap it once (tie_weights=False).
     # A plain tied model needs tie_weights=True, or the LM head would keep the old weights.
-    out = model(**kwargs) if params is None else torch.func.functional_call(model, params, (), kwargs, tie_weights=not is_peft(model))
+    with conditioned(conditioner, model, prefix):
+        out = model(**kwargs) if params is None else torch.func.functional_call(model, params, (), kwargs, tie_weights=not is_peft(model))
     return losses.token_logprobs(out.logits[:, :-1], responses)
+
+
+def conditioned(conditioner: TextTagConditioner | None, model: PreTrainedModel, prefix: Tensor):
+    """The conditioner's preference context for `model` on these tagged prefixes (a no-op without one)."""
+    if conditioner is None:
+        return contextlib.nullcontext()
+    return conditioner.preference(model, conditioner.weights_from_ids(prefix))
 
 
 def pack(rows: list[tuple[list[int], list[int]]], pad: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor, Tensor, Tensor]:

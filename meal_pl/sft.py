@@ -6,6 +6,8 @@ applied to the data), so the policy is steerable before Meal starts; this is RiC
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel
@@ -29,8 +31,13 @@ def warm_start(
     steps: int,
     lr: float,
     seed: int = 0,
+    conditioner=None,
 ) -> list[float]:
-    """Run `steps` AdamW steps over pre-built (prefix_ids, prefix_mask, responses, resp_mask) batches."""
+    """Run `steps` AdamW steps over pre-built (prefix_ids, prefix_mask, responses, resp_mask) batches.
+
+    With a `conditioner`, each batch runs under the preference its prefixes' tags say (backends that
+    read w beyond the tags need it: meal_pl.conditioning).
+    """
     if steps <= 0 or not batches:
         return []
     optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
@@ -39,7 +46,9 @@ def warm_start(
     policy.train()
     for step in range(steps):
         batch = [t.to(policy.device) for t in batches[int(order[step % len(batches)])]]
-        loss = sft_loss(policy, *batch)
+        with (conditioner.preference(policy, conditioner.weights_from_ids(batch[0])) if conditioner is not None
+              else contextlib.nullcontext()):
+            loss = sft_loss(policy, *batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
@@ -58,7 +67,8 @@ def warm_start_module(module, pairs: list[tuple[str, str]], seed: int = 0) -> li
     tags = relabel(module.reward_norm.normalize(raw).nan_to_num(0.0), module.sampler.relabel_tau)
     batches = tagged_batches(module.tokenizer, module.conditioner, prompts, responses, tags, module.max_prompt_length,
                              module.sampler.max_new_tokens, module.warm_start_batch_size)
-    return warm_start(module.policy, batches, module.warm_start_steps, module.warm_start_lr, seed=seed)
+    return warm_start(module.policy, batches, module.warm_start_steps, module.warm_start_lr, seed=seed,
+                      conditioner=module.conditioner)
 
 
 def tagged_batches(tokenizer, conditioner, prompts: list[str], responses: list[str], tags: Tensor,

@@ -45,7 +45,10 @@ def build(cfg: DictConfig, tokenizer_dir: str | Path | None = None):
     rewards = RewardSet(instantiate(cfg.objective.rewards))
     objective = {k: v for k, v in OmegaConf.to_container(cfg.objective, resolve=True).items() if k != "rewards"}
     lora = OmegaConf.to_container(lora, resolve=True) if lora is not None else None
-    module = instantiate(cfg.algorithm)(policy=policy, tokenizer=tokenizer, rewards=rewards, objective=objective, lora=lora)
+    # Runs saved before the conditioning group existed used tags.
+    conditioner = instantiate(cfg.conditioning) if cfg.get("conditioning") is not None else None
+    module = instantiate(cfg.algorithm)(policy=policy, tokenizer=tokenizer, rewards=rewards, objective=objective, lora=lora,
+                                        conditioner=conditioner)
     return datamodule, module
 
 

@@ -61,7 +61,7 @@ class RejectionSampling(RolloutCallback):
         seq_prefix = torch.cat([ids.repeat_interleave(N, 0), module.conditioner.tag_ids(tags.reshape(S, K))], 1)
         seq_mask = torch.cat([mask.repeat_interleave(N, 0), torch.ones(S, K, dtype=mask.dtype, device=module.device)], 1)
         with torch.no_grad(), module.reference() as ref:
-            ref_logp = sequence_logprobs(ref, seq_prefix, seq_mask, responses)
+            ref_logp = sequence_logprobs(ref, seq_prefix, seq_mask, responses, conditioner=module.conditioner)
         return Rollout(
             prompts=prompts, features=features, weights=weights, explore=explore, responses=responses,
             resp_mask=resp_mask, raw=raw, rewards=rewards, valid=valid, keep=keep, selection=selection,

@@ -1,21 +1,29 @@
-"""How a preference enters the prompt: text tags such as `<helpful:0.70><harmless:0.30>`.
+"""`tags`: text tags such as `<helpful:0.70><harmless:0.30>`, the base of every backend.
 
 The tags sit between the prompt and the response (RiC-compatible), one special token per objective and
 quantised value, so swapping the preference of a sequence is a swap of K token ids and a generated
-sequence can be relabelled with the trade-off it achieved without re-tokenising.
+sequence can be relabelled with the trade-off it achieved without re-tokenising. Every other backend
+keeps these tags and adds its own path for w into the network (`install`, `merge_into`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from meal_pl.conditioning.base import preference_modules
 
 
 class TextTagConditioner:
     """Preference -> K special tag tokens appended after the prompt."""
+
+    name = "tags"
+    needs_export_preference = False  # True where the exported model depends on w (merged at one preference)
 
     def __init__(self, names: list[str], resolution: int = 20) -> None:
         if resolution < 1:
@@ -45,6 +53,74 @@ class TextTagConditioner:
                 emb[old:] = emb[:old].mean(0) + 0.5 * emb[:old].std() * torch.randn_like(emb[old:])
         ids = tokenizer.convert_tokens_to_ids(tags)
         self.token_ids = torch.tensor(ids, dtype=torch.long).view(len(self.names), self.resolution + 1)
+        self.install(model, num_plain_rows=old)
+
+    def install(self, model: PreTrainedModel, num_plain_rows: int) -> None:
+        """Put the backend's modules into the model (after the tag rows exist); tags have none."""
+
+    @contextlib.contextmanager
+    def preference(self, model: nn.Module, weights: Tensor) -> Iterator[None]:
+        """Within the block, every row of `model`'s forward sees its (B,K) preference, quantised as the tags.
+
+        The model's batch may be a multiple of B (generate's num_return_sequences repeats rows). A no-op for
+        backends whose w reaches the network through the tags only.
+        """
+        w = self.quantize(weights.detach().float().reshape(-1, len(self.names)))
+        modules = preference_modules(model)
+        previous = [m.preference for m in modules]
+        for m in modules:
+            m.preference = w
+        try:
+            yield
+        finally:
+            for m, p in zip(modules, previous, strict=True):
+                m.preference = p
+
+    @contextlib.contextmanager
+    def reference(self, model: nn.Module) -> Iterator[None]:
+        """Within the block the backend runs its frozen copy (pi_ref of a LoRA policy, adapters disabled)."""
+        modules = preference_modules(model)
+        for m in modules:
+            m.use_frozen = True
+        try:
+            yield
+        finally:
+            for m in modules:
+                m.use_frozen = False
+
+    def snapshot(self, model: nn.Module) -> None:
+        """Make the backend's current parameters its frozen copy (with LoRA: after the warm start's fold)."""
+        for m in preference_modules(model):
+            m.snapshot()
+
+    def unfreeze(self, model: nn.Module) -> None:
+        """Let the backend's own parameters train again after peft froze everything but its adapters."""
+        for m in preference_modules(model):
+            for p in m.preference_parameters():
+                p.requires_grad_(True)
+
+    def merge(self, model: PreTrainedModel, weights: list[float] | Tensor) -> PreTrainedModel:
+        """Turn a plain (not peft) model, in place, into one that acts as the conditioned model at `weights`.
+
+        The result has no meal_pl modules left: `AutoModelForCausalLM.from_pretrained` loads it as saved.
+        """
+        w = check_preference(weights, self.names)
+        self.merge_into(model, self.quantize(w[None])[0])
+        return model
+
+    def merge_into(self, model: PreTrainedModel, weights: Tensor) -> None:
+        """Backend part of merge; `weights` (K,) already quantised. Tags: nothing to merge."""
+
+    def weights_from_ids(self, ids: Tensor) -> Tensor:
+        """The (B,K) preference written by the tags in (B,L) token ids: what `preference` must be given."""
+        assert self.token_ids is not None, "call attach(tokenizer, model) first"
+        table = self.token_ids.to(ids.device)
+        hits = (ids[:, :, None, None] == table).any(1)  # (B,K,resolution+1)
+        counts = hits.sum(-1)
+        if (counts != 1).any():
+            row = int((counts != 1).any(-1).nonzero()[0])
+            raise ValueError(f"row {row} of the ids does not hold exactly one tag per objective {self.names}")
+        return hits.float().argmax(-1).float() / self.resolution
 
     def quantize(self, weights: Tensor) -> Tensor:
         """Round (B,K) simplex weights to multiples of 1/resolution that still sum to 1 (largest remainder)."""
