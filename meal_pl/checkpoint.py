@@ -16,6 +16,7 @@ import re
 import tempfile
 import warnings
 from collections import deque
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,7 @@ def meal_state(module: Any) -> dict[str, Any]:
     """What a MealModule keeps beyond its state_dict: buffers, counters, RNG states, identity, the PWN's optimiser."""
     return {
         "meta_buffer": list(module.meta_buffer), "alt_buffer": module.alt_buffer, "counters": dict(module.counters),
+        "pending": [{f.name: getattr(r, f.name) for f in fields(r)} for r in module.pending],
         "rng": collect_rng_states(), "identity": module.identity(),
         "pwn_optimizer": None if module.pwn_opt is None else module.pwn_opt.state_dict(),
     }
@@ -195,6 +197,9 @@ def restore_meal_state(module: Any, state: dict[str, Any]) -> None:
     """Inverse of meal_state; the RNG states wait in module.rng_to_restore for the first resumed step."""
     module.meta_buffer = deque(state.get("meta_buffer", []), maxlen=module.meta.buffer_size)
     module.alt_buffer = state.get("alt_buffer", [])
+    from meal_pl.rollout import Rollout
+
+    module.pending = [Rollout(**r) for r in state.get("pending", [])]
     module.counters.update(state.get("counters", {}))
     module.rng_to_restore = state.get("rng")
     module._pwn_opt_state = state.get("pwn_optimizer")

@@ -7,6 +7,7 @@ statistics of the `alternating` mode into the same inputs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -14,9 +15,13 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from meal_pl import distributed, losses
+from meal_pl.rollout import FrontBatch
 from meal_pl.sequences import sequence_logprobs
 
+OuterLoss = Callable[[dict[str, Tensor]], Tensor]  # policy parameters -> L_out
+
 LOOKAHEADS = ("second_order", "first_order", "alternating")
+OUTERS = ("nondominated_nll", "front")
 
 
 @dataclass
@@ -33,15 +38,42 @@ class MetaConfig:
     regression_weight: float = 1.0  # weight of KL(softmax(z*) || PWN) in the PWN loss
     exploration: float = 0.25  # probability a prompt's preference is a Dirichlet(1) draw
     frozen: bool = False  # ablation: never update the PWN
+    outer: str = "nondominated_nll"  # what a good preference is for (METHOD.md step 7): nondominated_nll | front
+    front_prompts: int = 0  # outer=front: held-out prompts per meta step, one grid preference each (0 = the grid's size)
+    front_samples: int = 2  # outer=front: J responses per held-out prompt, drawn at theta
+    every_n_steps: int = 1  # the meta step runs every n policy steps, on the rollouts gathered since the last one
+    max_prompts: int = 0  # prompts of the gathered rollouts the meta step uses (0 = one batch's worth)
 
     def __post_init__(self) -> None:
         if self.lookahead not in LOOKAHEADS:
             raise ValueError(f"algorithm.meta.lookahead={self.lookahead!r}; choose one of {LOOKAHEADS}")
         if not 0 <= self.exploration <= 1:
             raise ValueError(f"algorithm.meta.exploration={self.exploration} must be in [0, 1]")
+        if self.outer not in OUTERS:
+            raise ValueError(f"algorithm.meta.outer={self.outer!r}; choose one of {OUTERS}")
+        if self.outer == "front" and self.lookahead == "alternating":
+            raise ValueError("algorithm.meta.outer=front needs a lookahead (the policy's response to the selection): "
+                             "use algorithm.meta.lookahead=first_order or second_order, or outer=nondominated_nll")
+        if self.every_n_steps < 1 or self.front_samples < 2 or self.front_prompts < 0 or self.max_prompts < 0:
+            raise ValueError(f"algorithm.meta: every_n_steps={self.every_n_steps} must be >= 1, front_samples="
+                             f"{self.front_samples} >= 2 (a baseline needs two), front_prompts and max_prompts >= 0")
 
 
-def meta_gradient(policy: PreTrainedModel, inner: dict[str, Tensor], meta_batch: tuple[Tensor, Tensor, Tensor, Tensor],
+def nll_outer(policy: PreTrainedModel, meta_batch: tuple[Tensor, Tensor, Tensor, Tensor], conditioner=None) -> OuterLoss:
+    """`nondominated_nll` (v1): L_out(params) = mean NLL of the packed held-out non-dominated responses."""
+    prefix, mask, resp, resp_mask = meta_batch
+    return lambda p: losses.outer_loss(sequence_logprobs(policy, prefix, mask, resp, p, conditioner), resp_mask)
+
+
+def front_outer(policy: PreTrainedModel, front: FrontBatch, conditioner=None) -> OuterLoss:
+    """`front` (v2): L_out(params) = the policy-gradient surrogate of the grid's expected scalarised reward."""
+    def loss(p: dict[str, Tensor]) -> Tensor:
+        logp = sequence_logprobs(policy, front.prefix, front.prefix_mask, front.responses, p, conditioner)
+        return losses.front_outer_loss(logp, front.resp_mask, front.rewards, front.weights)
+    return loss
+
+
+def meta_gradient(policy: PreTrainedModel, inner: dict[str, Tensor], meta_loss: OuterLoss,
                   selection: Tensor, lookahead: str, inner_lr: float, beta: float,
                   prompts: Tensor | None = None, conditioner=None) -> tuple[Tensor, Tensor]:
     """dL_out/da_ij (B,N) through a one-step lookahead, and L_out at theta (for logging).
@@ -54,8 +86,8 @@ def meta_gradient(policy: PreTrainedModel, inner: dict[str, Tensor], meta_batch:
     Under DDP the inner gradient and g are averaged across ranks, so theta' and L_out are the global
     ones and the rank-averaged PWN gradient is the exact gradient of the global L_out.
 
-    `inner` holds the rollout's prefix, prefix_mask, responses, resp_mask and ref_logp; `meta_batch` the
-    packed held-out (prefix, mask, responses, resp_mask). Only entries that can move the PWN are computed,
+    `inner` holds the rollout's prefix, prefix_mask, responses, resp_mask and ref_logp; `meta_loss` maps the
+    policy's parameters to L_out (`nll_outer`, `front_outer`). Only entries that can move the PWN are computed,
     the rest are 0: a sample with a_ij = 0 was rejected (a_ij stays 0 whatever w is, and it adds nothing to
     L_in), and first_order also skips the prompts outside `prompts` (B,), whose a_ij cannot move or are
     never read by pwn_step. second_order keeps every selected sample: the lookahead sums over all of them.
@@ -63,7 +95,6 @@ def meta_gradient(policy: PreTrainedModel, inner: dict[str, Tensor], meta_batch:
     params = {n: p for n, p in policy.named_parameters() if p.requires_grad}
     if not params:
         raise RuntimeError("the policy has no trainable parameters for the meta step's lookahead")
-    m_prefix, m_mask, m_resp, m_resp_mask = meta_batch
     B, N = selection.shape
     active = selection.flatten() > 0
     if prompts is not None and lookahead == "first_order":
@@ -76,9 +107,6 @@ def meta_gradient(policy: PreTrainedModel, inner: dict[str, Tensor], meta_batch:
         logp = sequence_logprobs(policy, sub["prefix"], sub["prefix_mask"], sub["responses"], p, conditioner)
         _, nll, kl = losses.inner_loss(logp, sub["ref_logp"], sub["resp_mask"], a, beta, B)
         return nll + beta * kl
-
-    def meta_loss(p: dict[str, Tensor]) -> Tensor:
-        return losses.outer_loss(sequence_logprobs(policy, m_prefix, m_mask, m_resp, p, conditioner), m_resp_mask)
 
     names = list(params)
     detached = {n: p.detach() for n, p in params.items()}
@@ -99,21 +127,27 @@ def meta_gradient(policy: PreTrainedModel, inner: dict[str, Tensor], meta_batch:
     return grad.view(B, N).detach(), l_out0.detach()
 
 
-def pwn_step(pwn: nn.Module, optimizer: torch.optim.Optimizer, features: Tensor, rewards: Tensor, keep: Tensor,
-             meta_grad: Tensor, rows: Tensor, tau: float, cfg: MetaConfig, clip: float) -> dict[str, float]:
+def pwn_step(pwn: nn.Module, optimizer: torch.optim.Optimizer, features: Tensor, weights: Tensor, rewards: Tensor,
+             keep: Tensor, meta_grad: Tensor, rows: Tensor, tau: float, cfg: MetaConfig, clip: float) -> dict[str, float]:
     """Steps 7-8 on the PWN: exact meta gradient via the surrogate, plus regression onto optimised z.
 
+    `weights` (B,K) are the preferences the rollout used; a `dirichlet` proposal's draws are re-expressed as
+    functions of the PWN's output (implicit reparameterisation), a `point` proposal's are the output itself.
     Called on every rank or on none; the gradients are averaged across ranks before the step.
     """
     T = getattr(pwn, "temperature", 1.0)
     logits = pwn.logits(features[rows])
-    r, k, g = rewards[rows], keep[rows], meta_grad[rows]
-    meta_loss = losses.pwn_meta_loss(losses.selection_weights(torch.softmax(logits / T, -1), r, k, tau), g)
+    r, k, g, drawn = rewards[rows], keep[rows], meta_grad[rows], weights[rows]
+
+    def surrogate(z: Tensor) -> Tensor:
+        w = pwn.differentiable(torch.softmax(z / T, -1), drawn)
+        return losses.pwn_meta_loss(losses.selection_weights(w, r, k, tau), g)
+
+    meta_loss = surrogate(logits)
     z = logits.detach().clone()
     for _ in range(cfg.preference_steps):
         z.requires_grad_(True)
-        surrogate = losses.pwn_meta_loss(losses.selection_weights(torch.softmax(z / T, -1), r, k, tau), g)
-        (gz,) = torch.autograd.grad(surrogate, z)
+        (gz,) = torch.autograd.grad(surrogate(z), z)
         z = (z - cfg.preference_lr * gz / gz.norm(dim=-1, keepdim=True).clamp(min=1e-12)).detach()
     regression = losses.preference_regression(torch.softmax(logits / T, -1), torch.softmax(z / T, -1))
     total = meta_loss + cfg.regression_weight * regression
@@ -129,17 +163,17 @@ def pwn_step(pwn: nn.Module, optimizer: torch.optim.Optimizer, features: Tensor,
             "meta/z_shift": float((torch.softmax(z / T, -1) - torch.softmax(logits.detach() / T, -1)).abs().sum(-1).mean())}
 
 
-def alternating_batch(buffer: list[tuple[Tensor, Tensor, Tensor, Tensor]], device: torch.device | str
-                      ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """`alternating`: (features, rewards, valid, meta_grad, rows) for pwn_step from k buffered steps.
+def alternating_batch(buffer: list[tuple[Tensor, ...]], device: torch.device | str
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """`alternating`: (features, weights, rewards, valid, meta_grad, rows) for pwn_step from k buffered steps.
 
     No lookahead. Target: preferences under which soft selection concentrates on the prompt's non-dominated
     samples, i.e. trade-offs the policy can actually reach for that prompt (dL/da_ij = -nd_ij / B).
     """
-    features, rewards, valid, nd = (torch.cat(t).to(device) for t in zip(*buffer, strict=True))
+    features, weights, rewards, valid, nd = (torch.cat(t).to(device) for t in zip(*buffer, strict=True))
     meta_grad = -nd.float() / len(features)
     rows = torch.ones(len(features), dtype=torch.bool, device=device)
-    return features, rewards, valid, meta_grad, rows
+    return features, weights, rewards, valid, meta_grad, rows
 
 
 def buffer_rows(prefix: Tensor, prefix_mask: Tensor, responses: Tensor, resp_mask: Tensor, non_dominated: Tensor

@@ -35,7 +35,7 @@ from meal_pl.meta import MetaConfig
 from meal_pl.models import apply_lora, fold_lora, is_peft
 from meal_pl.pareto import ideal_hypervolume
 from meal_pl.rewards import RewardSet, RunningRewardNorm
-from meal_pl.rollout import Rollout
+from meal_pl.rollout import Rollout, concat_rollouts, select_prompts
 from meal_pl.sampling import RejectionSampler, encode_prompts, generate_eval_mode, position_ids
 from meal_pl.sequences import conditioned, pack, sequence_logprobs
 from meal_pl.sft import warm_start_module
@@ -106,6 +106,7 @@ class MealModule(L.LightningModule):
         self.meta_buffer: deque[tuple[list[int], list[int]]] = deque(maxlen=meta.buffer_size)
         self.alt_buffer: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
         self.rollout: Rollout | None = None  # set by the rollout callback at the start of each batch
+        self.pending: list[Rollout] = []  # rollouts gathered for the next meta step (algorithm.meta.every_n_steps)
         self.restored = False
         self.rng_to_restore: dict[str, Any] | None = None
         self._identity: dict[str, Any] | None = None
@@ -211,26 +212,54 @@ class MealModule(L.LightningModule):
         learn_pwn = getattr(self.pwn, "learnable", False) and not self.meta.frozen
         step = dict(pwn=self.pwn, optimizer=self.pwn_opt, tau=self.sampler.tau, cfg=self.meta, clip=self.gradient_clip_val)
         if learn_pwn and self.meta.lookahead == "alternating":
-            self.alt_buffer.append((r.features.cpu(), r.rewards.cpu(), r.valid.cpu(), r.non_dominated.cpu()))
+            self.alt_buffer.append((r.features.cpu(), r.weights.cpu(), r.rewards.cpu(), r.valid.cpu(), r.non_dominated.cpu()))
             if len(self.alt_buffer) >= self.meta.alternating_every:
-                features, rewards, valid, meta_grad, rows = meta.alternating_batch(self.alt_buffer, self.device)
+                features, weights, rewards, valid, meta_grad, rows = meta.alternating_batch(self.alt_buffer, self.device)
                 self.alt_buffer = []
-                logs = meta.pwn_step(features=features, rewards=rewards, keep=valid, meta_grad=meta_grad, rows=rows, **step)
+                logs = meta.pwn_step(features=features, weights=weights, rewards=rewards, keep=valid, meta_grad=meta_grad,
+                                     rows=rows, **step)
         elif learn_pwn:
-            rows = ~r.explore
-            meta_rows = list(self.meta_buffer)[-self.meta.meta_batch_size:] or new_rows[: self.meta.meta_batch_size]
-            ready = bool(rows.any()) and bool((r.selection[rows] > 0).sum() > rows.sum()) and bool(meta_rows)
-            # Some prompt has a choice to make - on every rank, as the meta step all-reduces.
-            if distributed.all_ranks(ready, self.device):
-                # A prompt with one selected sample has a_ij = 1 whatever w is: its meta gradient is never used.
-                has_choice = (r.selection > 0).sum(-1) > 1
-                meta_grad, l_out = meta.meta_gradient(
-                    self.policy, r.inner(), pack(meta_rows, self.tokenizer.pad_token_id, self.device), r.selection,
-                    self.meta.lookahead, self.meta.inner_lr, self.beta, rows & has_choice, self.conditioner)
-                logs = {"meta/outer_loss": float(l_out)}
-                logs |= meta.pwn_step(features=r.features, rewards=r.rewards, keep=r.keep, meta_grad=meta_grad, rows=rows, **step)
+            self.pending.append(r)
+            if len(self.pending) >= self.meta.every_n_steps:
+                logs = self.lookahead_step(self.gathered(len(r.prompts)), new_rows, step)
         self.meta_buffer.extend(new_rows)
         return logs
+
+    def meta_due(self) -> bool:
+        """Whether this batch's meta step runs (a lookahead mode, every algorithm.meta.every_n_steps batches)."""
+        learn_pwn = getattr(self.pwn, "learnable", False) and not self.meta.frozen
+        return learn_pwn and self.meta.lookahead != "alternating" and len(self.pending) + 1 >= self.meta.every_n_steps
+
+    def gathered(self, batch_size: int) -> Rollout:
+        """The rollouts since the last meta step as one, at most algorithm.meta.max_prompts (0: a batch) prompts."""
+        r, front = concat_rollouts(self.pending, self.tokenizer.pad_token_id), self.pending[-1].front
+        self.pending = []
+        cap = self.meta.max_prompts or batch_size
+        if len(r.prompts) > cap:
+            r = select_prompts(r, torch.randperm(len(r.prompts), device=self.device)[:cap].sort().values)
+        r.front = front
+        return r
+
+    def lookahead_step(self, r: Rollout, new_rows: list, step: dict) -> dict[str, float]:
+        """Steps 7-8 with a lookahead: the meta gradient of the chosen outer objective, then the PWN step."""
+        rows = ~r.explore
+        if self.meta.outer == "front":
+            outer, has_outer = (meta.front_outer(self.policy, r.front, self.conditioner) if r.front else None), r.front is not None
+        else:
+            meta_rows = list(self.meta_buffer)[-self.meta.meta_batch_size:] or new_rows[: self.meta.meta_batch_size]
+            has_outer = bool(meta_rows)
+            outer = meta.nll_outer(self.policy, pack(meta_rows, self.tokenizer.pad_token_id, self.device), self.conditioner) if has_outer else None
+        ready = bool(rows.any()) and bool((r.selection[rows] > 0).sum() > rows.sum()) and has_outer
+        # Some prompt has a choice to make - on every rank, as the meta step all-reduces.
+        if not distributed.all_ranks(ready, self.device):
+            return {}
+        # A prompt with one selected sample has a_ij = 1 whatever w is: its meta gradient is never used.
+        has_choice = (r.selection > 0).sum(-1) > 1
+        meta_grad, l_out = meta.meta_gradient(self.policy, r.inner(), outer, r.selection, self.meta.lookahead,
+                                              self.meta.inner_lr, self.beta, rows & has_choice, self.conditioner)
+        logs = {"meta/outer_loss": float(l_out)}
+        return logs | meta.pwn_step(features=r.features, weights=r.weights, rewards=r.rewards, keep=r.keep,
+                                    meta_grad=meta_grad, rows=rows, **step)
 
     def base_step(self, r: Rollout, batch_idx: int) -> tuple[Tensor, Tensor]:
         """Step 6 on the policy. With accumulate_grad_batches=k, one update per k batches of 1/k-scaled losses;

@@ -4,18 +4,35 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.distributions.dirichlet import _Dirichlet_backward
+
+PROPOSALS = ("point", "dirichlet")
 
 
 class PreferenceWeightNet(nn.Module):
-    """w = softmax(MLP(h(x)) / T): adaptive preference weights on the simplex from prompt features."""
+    """w = softmax(MLP(h(x)) / T): adaptive preference weights on the simplex from prompt features.
+
+    `proposal` says what a training prompt is given (METHOD.md step 1): `point` gives the PWN's w itself;
+    `dirichlet` draws from Dirichlet(alpha(x)) with alpha_k = floor + (concentration - K floor) w_k, a
+    distribution whose mean the PWN moves while every alpha_k >= floor keeps the whole simplex covered (at the
+    uniform w and the defaults, Dirichlet(1): the RiC distribution). The policy follows only the preferences
+    it is trained under, so a point proposal starves the extremes; the draw is differentiable in w
+    (`dirichlet_at`), so the meta gradient still reaches the PWN.
+    """
 
     learnable = True
 
-    def __init__(self, feature_dim: int, num_objectives: int, hidden_dim: int = 64, temperature: float = 1.0) -> None:
+    def __init__(self, feature_dim: int, num_objectives: int, hidden_dim: int = 64, temperature: float = 1.0,
+                 proposal: str = "point", concentration: float | None = None, floor: float = 0.5) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"pwn.temperature={temperature} must be > 0")
-        self.temperature = temperature
+        if proposal not in PROPOSALS:
+            raise ValueError(f"algorithm.pwn.proposal={proposal!r}; choose one of {PROPOSALS}")
+        concentration = float(num_objectives if concentration is None else concentration)
+        if not (0 < floor and floor * num_objectives < concentration):
+            raise ValueError(f"algorithm.pwn.floor={floor} must be > 0 and K*floor < algorithm.pwn.concentration={concentration}")
+        self.temperature, self.proposal, self.concentration, self.floor = temperature, proposal, concentration, floor
         self.mlp = nn.Sequential(
             nn.LayerNorm(feature_dim),
             nn.Linear(feature_dim, hidden_dim),
@@ -35,6 +52,39 @@ class PreferenceWeightNet(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         return self.weights_from_logits(self.logits(features))
+
+    def alpha(self, weights: Tensor) -> Tensor:
+        """(B,K) Dirichlet concentrations of the `dirichlet` proposal, with mean-ish `weights` and a floor."""
+        return self.floor + (self.concentration - self.floor * weights.shape[-1]) * weights
+
+    def sample(self, weights: Tensor) -> Tensor:
+        """The training preferences of prompts whose PWN output is `weights` (B,K)."""
+        if self.proposal == "point":
+            return weights
+        return torch.distributions.Dirichlet(self.alpha(weights)).sample()
+
+    def differentiable(self, weights: Tensor, drawn: Tensor) -> Tensor:
+        """`drawn` (B,K), as sample() gave it, as a differentiable function of the PWN's `weights` (B,K)."""
+        return weights if self.proposal == "point" else dirichlet_at(self.alpha(weights), drawn)
+
+
+class _DirichletAt(torch.autograd.Function):
+    """x ~ Dirichlet(alpha) drawn earlier, returned as a function of alpha with rsample's implicit gradient."""
+
+    @staticmethod
+    def forward(ctx, alpha: Tensor, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x, alpha)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        x, alpha = ctx.saved_tensors
+        return _Dirichlet_backward(x, alpha, grad_output), None
+
+
+def dirichlet_at(alpha: Tensor, x: Tensor) -> Tensor:
+    """The Dirichlet(alpha) draw `x`, differentiable in alpha exactly as `Dirichlet(alpha).rsample()` is."""
+    return _DirichletAt.apply(alpha, x.detach().to(alpha.dtype))
 
 
 class UniformPreferences(nn.Module):
@@ -81,6 +131,7 @@ def propose(pwn: nn.Module, features: Tensor, exploration: float) -> tuple[Tenso
     w = pwn(features)
     if not getattr(pwn, "learnable", False):
         return w, torch.ones(len(w), dtype=torch.bool, device=w.device)
+    w = pwn.sample(w)
     explore = torch.rand(len(w), device=w.device) < exploration
     draws = torch.distributions.Dirichlet(torch.ones_like(w[0])).sample((len(w),))
     return torch.where(explore[:, None], draws, w), explore

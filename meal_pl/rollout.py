@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
+import torch
 from torch import Tensor
+
+
+@dataclass
+class FrontBatch:
+    """Held-out samples for the `front` outer objective: M prompts, each under one grid preference, J samples."""
+
+    prefix: Tensor  # (M*J,P+K) prompt + the grid preference's tags, prompt-major
+    prefix_mask: Tensor  # (M*J,P+K)
+    responses: Tensor  # (M*J,T) drawn at theta
+    resp_mask: Tensor  # (M*J,T)
+    rewards: Tensor  # (M,J,K) normalised (NaN where a backend failed)
+    weights: Tensor  # (M,K) the grid preference of each prompt
 
 
 @dataclass
@@ -34,6 +47,7 @@ class Rollout:
     non_dominated: Tensor  # (B,N) valid and dominated by no other sample of the prompt
     gen_time: float  # seconds spent generating
     counts: dict[str, int] = field(default_factory=dict)  # this batch's invalid_rewards, truncated_prompts
+    front: FrontBatch | None = None  # held-out samples for algorithm.meta.outer=front, on meta-step batches
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -44,3 +58,55 @@ class Rollout:
         """The training sequences, as the meta step's lookahead takes them."""
         return {"prefix": self.prefix, "prefix_mask": self.prefix_mask, "responses": self.responses,
                 "resp_mask": self.resp_mask, "ref_logp": self.ref_logp}
+
+
+def pad_to(x: Tensor, width: int, value: float, left: bool) -> Tensor:
+    """(S,T) -> (S,width), padded with `value` on the left or the right."""
+    extra = width - x.shape[1]
+    if extra <= 0:
+        return x
+    pad = torch.full((x.shape[0], extra), value, dtype=x.dtype, device=x.device)
+    return torch.cat([pad, x] if left else [x, pad], 1)
+
+
+def concat_rollouts(rollouts: list[Rollout], pad_id: int) -> Rollout:
+    """One rollout of all prompts of `rollouts` (prefixes left-padded, responses right-padded to one width)."""
+    if len(rollouts) == 1:
+        return rollouts[0]
+    P = max(r.prefix.shape[1] for r in rollouts)
+    T = max(r.responses.shape[1] for r in rollouts)
+    pads = {"prefix": (P, pad_id, True), "prefix_mask": (P, 0, True), "responses": (T, pad_id, False),
+            "resp_mask": (T, False, False), "ref_logp": (T, 0.0, False)}
+    merged = {}
+    for f in fields(Rollout):
+        values = [getattr(r, f.name) for r in rollouts]
+        if f.name in pads:
+            width, value, left = pads[f.name]
+            merged[f.name] = torch.cat([pad_to(v, width, value, left) for v in values])
+        elif isinstance(values[0], Tensor):
+            merged[f.name] = torch.cat(values)
+        elif f.name == "prompts":
+            merged[f.name] = [p for v in values for p in v]
+        elif f.name == "gen_time":
+            merged[f.name] = sum(values)
+        elif f.name == "counts":
+            merged[f.name] = {}
+        else:  # front: the newest batch's
+            merged[f.name] = values[-1]
+    return Rollout(**merged)
+
+
+def select_prompts(r: Rollout, index: Tensor) -> Rollout:
+    """The rollout restricted to the prompts `index` (and their N samples each)."""
+    B, N, _ = r.shape
+    rows = (index[:, None] * N + torch.arange(N, device=index.device)).flatten()
+    out = {}
+    for f in fields(Rollout):
+        v = getattr(r, f.name)
+        if isinstance(v, Tensor):
+            out[f.name] = v[index] if v.shape[0] == B else v[rows]
+        elif f.name == "prompts":
+            out[f.name] = [v[i] for i in index.tolist()]
+        else:
+            out[f.name] = v
+    return Rollout(**out)

@@ -22,7 +22,7 @@ def logprobs(params, model, prefix, prefix_mask, responses):
 def meta_gradient_of(module: MealModule, inner, meta_rows, selection, prompts=None):
     """meal_pl.meta.meta_gradient with the module's policy and settings."""
     batch = pack(meta_rows, module.tokenizer.pad_token_id)
-    return meta.meta_gradient(module.policy, inner, batch, selection, module.meta.lookahead, module.meta.inner_lr,
+    return meta.meta_gradient(module.policy, inner, meta.nll_outer(module.policy, batch), selection, module.meta.lookahead, module.meta.inner_lr,
                               module.beta, prompts)
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from meal_pl.pwn import FixedPreferences, PreferenceWeightNet, UniformPreferences
+from meal_pl.pwn import FixedPreferences, PreferenceWeightNet, UniformPreferences, dirichlet_at
 
 
 def test_pwn_outputs_lie_on_the_simplex_and_respond_to_the_prompt():
@@ -31,3 +31,37 @@ def test_static_sources():
     assert torch.allclose(f, torch.tensor([[0.8, 0.2]] * 3))
     with pytest.raises(ValueError, match="pwn.weights"):
         FixedPreferences(4, 2, [0.8, 0.8])
+
+
+def test_dirichlet_at_has_rsample_gradient():
+    """The re-expressed draw carries exactly the implicit reparameterisation gradient of rsample."""
+    alpha = torch.tensor([[0.7, 1.9], [2.5, 0.6]], requires_grad=True)
+    torch.manual_seed(0)
+    x = torch.distributions.Dirichlet(alpha).rsample()
+    direction = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    (expected,) = torch.autograd.grad((x * direction).sum(), alpha)
+    again = dirichlet_at(alpha, x.detach())
+    (got,) = torch.autograd.grad((again * direction).sum(), alpha)
+    assert torch.equal(again, x.detach()) and expected.abs().sum() > 0
+    assert torch.allclose(got, expected)
+
+
+def test_dirichlet_proposal_keeps_every_prompt_spread_over_the_simplex():
+    """Even where the PWN is saturated at one corner, a prompt's training preferences cover the simplex."""
+    pwn = PreferenceWeightNet(feature_dim=4, num_objectives=2, proposal="dirichlet")
+    corner = torch.tensor([[1.0, 0.0]]).expand(4000, 2)
+    draws = pwn.sample(corner)[:, 0]
+    assert (pwn.alpha(corner) >= pwn.floor).all()
+    assert draws.mean() > 0.6  # the PWN moves the mean ...
+    assert (draws < 0.25).float().mean() > 0.02 and (draws > 0.9).float().mean() > 0.1  # ... but not the support
+    uniform = pwn.sample(torch.full((4000, 2), 0.5))[:, 0]
+    assert abs(float(uniform.mean()) - 0.5) < 0.03 and (uniform < 0.1).float().mean() > 0.05  # Dirichlet(1) there
+    point = PreferenceWeightNet(feature_dim=4, num_objectives=2)
+    assert torch.equal(point.sample(corner), corner)
+
+
+def test_dirichlet_proposal_refuses_a_floor_that_leaves_no_room():
+    with pytest.raises(ValueError, match="algorithm.pwn.floor"):
+        PreferenceWeightNet(feature_dim=4, num_objectives=2, proposal="dirichlet", floor=1.0)
+    with pytest.raises(ValueError, match="algorithm.pwn.proposal"):
+        PreferenceWeightNet(feature_dim=4, num_objectives=2, proposal="gaussian")

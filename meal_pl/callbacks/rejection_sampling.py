@@ -13,8 +13,9 @@ import lightning as L
 import torch
 
 from meal_pl import distributed, losses
+from meal_pl.pareto import simplex_grid
 from meal_pl.pwn import propose
-from meal_pl.rollout import Rollout
+from meal_pl.rollout import FrontBatch, Rollout
 from meal_pl.sampling import encode_prompts, response_mask
 from meal_pl.sequences import sequence_logprobs
 
@@ -62,13 +63,34 @@ class RejectionSampling(RolloutCallback):
         seq_mask = torch.cat([mask.repeat_interleave(N, 0), torch.ones(S, K, dtype=mask.dtype, device=module.device)], 1)
         with torch.no_grad(), module.reference() as ref:
             ref_logp = sequence_logprobs(ref, seq_prefix, seq_mask, responses, conditioner=module.conditioner)
+        front = self.front_batch(module, prompts) if module.meta.outer == "front" and module.meta_due() else None
         return Rollout(
-            prompts=prompts, features=features, weights=weights, explore=explore, responses=responses,
+            front=front, prompts=prompts, features=features, weights=weights, explore=explore, responses=responses,
             resp_mask=resp_mask, raw=raw, rewards=rewards, valid=valid, keep=keep, selection=selection,
             prefix=seq_prefix, prefix_mask=seq_mask, ref_logp=ref_logp,
             non_dominated=valid & ~losses.dominated(rewards, valid), gen_time=gen_time,
             counts={"truncated_prompts": truncated, "invalid_rewards": int((~valid).sum())},
         )
+
+    def front_batch(self, module: L.LightningModule, batch_prompts: list[str]) -> FrontBatch:
+        """Held-out samples for outer=front: M training prompts, one evaluation-grid preference each (rotating
+        over steps), J responses each drawn at theta, scored and normalised (the statistics are not updated).
+        Held out from the inner loss: drawn from the whole training pool, not this batch (its fallback)."""
+        cfg, K = module.meta, len(module.objective_names)
+        grid = simplex_grid(K, module.grid_points).to(module.device)
+        M, J = cfg.front_prompts or len(grid), cfg.front_samples
+        datamodule = getattr(module.trainer, "datamodule", None)
+        pool = list(getattr(datamodule, "train_prompts", None) or batch_prompts)
+        prompts = [pool[i] for i in torch.randint(len(pool), (M,)).tolist()]
+        weights = losses.grid_assignment(M, grid, offset=module.global_step * M)
+        ids, mask, _ = encode_prompts(module.tokenizer, prompts, module.max_prompt_length, module.device)
+        prefix, prefix_mask = module.conditioner.condition(ids, mask, module.tag_weights(weights))
+        responses = module.generate(prefix, prefix_mask, num_samples=J)  # (M*J,T), prompt-major
+        texts = module.tokenizer.batch_decode(responses, skip_special_tokens=True)
+        raw = module.rewards([p for p in prompts for _ in range(J)], texts).to(module.device)
+        rewards = module.reward_norm.normalize(raw).view(M, J, K)
+        return FrontBatch(prefix.repeat_interleave(J, 0), prefix_mask.repeat_interleave(J, 0), responses,
+                          response_mask(responses, module.tokenizer.eos_token_id), rewards, weights)
 
     @staticmethod
     def score(module: L.LightningModule, prompts: list[str], texts: list[str], B: int, N: int):
