@@ -228,3 +228,18 @@ def test_differences_need_both_methods():
     (only,) = report.differences(rows)
     assert only["a"] == "meal_first_order" and only["pooled_sd"] is None and only["d"] is None
     assert report.difference_lines([only]) == ["meal_first_order - meal_frozen: HV +0.1000 (pooled sd — (one seed each); 1 + 1 seeds)"]
+
+
+def test_bench_runs_a_method_under_each_conditioning_backend(tmp_path):
+    out = tmp_path / "bench"
+    micro = [o for o in TINY if o != "~callbacks.progress_bar"] + ["trainer.max_steps=1"]
+    cmd = [sys.executable, "-m", "meal_pl.bench", "objective=synthetic", "bench.seeds=1", "bench.threads=1",
+           "bench.methods=[ric]", "bench.conditioning=[tags,embedding]", "bench.warmup_steps=0",
+           f"hydra.run.dir={out}", *micro]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {r["method"]: r for r in json.loads((out / "bench.json").read_text())["methods"]}
+    assert set(rows) == {"ric@tags", "ric@embedding"} and all(r["error"] is None for r in rows.values())
+    config = (out / "runs" / "ric@embedding" / "seed0" / "main" / "config.yaml").read_text()
+    assert "EmbeddingConditioner" in config

@@ -103,33 +103,37 @@ def main(cfg: DictConfig) -> None:
                   f"budget={bench.budget} quick={bench.quick} -> {out}")
 
     results, started = [], time.perf_counter()
-    for name in bench.methods:
+    # bench.conditioning=[tags,embedding,...]: every method once per conditioning backend, as separate rows.
+    backends = list(bench.conditioning) if bench.get("conditioning") else [None]
+    for name, backend in [(n, b) for n in bench.methods for b in backends]:
         if name not in METHODS:
             raise ValueError(f"bench.methods: unknown method {name!r}; choose from {sorted(METHODS)}")
+        label = name if backend is None else f"{name}@{backend}"
         method, reason = METHODS[name], skip_reason(name)
         if reason:
-            console.print(f"[yellow]skipping {name}: {reason}[/yellow]")
-            results.append({"method": name, "kind": method.kind, "seeds": {}, "error": f"skipped: {reason}"})
+            console.print(f"[yellow]skipping {label}: {reason}[/yellow]")
+            results.append({"method": label, "kind": method.kind, "seeds": {}, "error": f"skipped: {reason}"})
             continue
         runs = plan_runs(name, steps, K, linear_points, bench.budget)
-        spec = {"method": name, "kind": method.kind, "threads": setting("threads"), "warmup_steps": int(bench.warmup_steps),
+        spec = {"method": label, "kind": method.kind, "threads": setting("threads"), "warmup_steps": int(bench.warmup_steps),
                 "reward_weights": OmegaConf.to_container(bench.trl_reward_weights) if bench.trl_reward_weights else None,
                 "seeds": {}}
+        chosen = [] if backend is None else [f"conditioning={backend}"]
         for seed in seeds:
             paths = []
             for run, extra in runs:
-                run_dir = out / "runs" / name / f"seed{seed}" / run
+                run_dir = out / "runs" / label / f"seed{seed}" / run
                 run_dir.mkdir(parents=True, exist_ok=True)
-                OmegaConf.save(run_config(base + method.overrides + extra + [f"seed={seed}"], run_dir), run_dir / "config.yaml")
+                OmegaConf.save(run_config(base + chosen + method.overrides + extra + [f"seed={seed}"], run_dir), run_dir / "config.yaml")
                 paths.append(str(run_dir / "config.yaml"))
             spec["seeds"][str(seed)] = paths
         t0 = time.perf_counter()
-        console.print(f"[bold]{name}[/bold]: {len(runs)} polic{'y' if len(runs) == 1 else 'ies'} x {len(seeds)} seeds ...", end=" ")
-        results.append(run_method(name, spec, out))
+        console.print(f"[bold]{label}[/bold]: {len(runs)} polic{'y' if len(runs) == 1 else 'ies'} x {len(seeds)} seeds ...", end=" ")
+        results.append(run_method(label, spec, out))
         error = results[-1].get("error")
         console.print(f"{time.perf_counter() - t0:.0f} s" + (f" [red]{error}[/red]" if error else ""))
 
-    rows = [summarize(r, METHODS[r["method"]].about, B, N, reference, max_hv) for r in results]
+    rows = [summarize(r, METHODS[r["method"].split("@")[0]].about, B, N, reference, max_hv) for r in results]
     lines = checks(rows, synthetic)
     diffs = differences(rows)
     diff_lines = difference_lines(diffs)

@@ -30,6 +30,8 @@ class RunSummary(L.Callback):
             table.add_row("hypervolume", f"{report['initial_hypervolume']:.4f} (initial) -> {report['hypervolume']:.4f} (final)")
             if report.get("hypervolume_ratio") is not None:
                 table.add_row("hypervolume / analytic max", f"{report['hypervolume_ratio']:.3f}")
+            if report.get("steerability"):  # rank correlation of w_k and reward k over the grid (1 = follows w)
+                table.add_row("steerability", ", ".join(f"{n} {v:+.2f}" for n, v in report["steerability"].items()))
             choice = report.get("pwn_choice")
             if choice:
                 table.add_row("PWN's own preference", ", ".join(f"{w:.2f}" for w in choice["weights"]))
