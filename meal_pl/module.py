@@ -74,6 +74,8 @@ class MealModule(L.LightningModule):
             raise ValueError(f"algorithm.accumulate_grad_batches={accumulate_grad_batches} must be >= 1")
         self.reference_point = [float(v) for v in objective["reference_point"]]
         self.grid_points = int(objective.get("grid_points", 11))
+        # The warm start's tags: the trade-off each response achieves, or (objective.warm_start_tags=neutral) 1/K.
+        self.warm_start_tags = objective.get("warm_start_tags", "achieved")
         simplex = objective.get("front") == "simplex"
         self.max_hypervolume = ideal_hypervolume(len(self.objective_names), self.grid_points, self.reference_point) if simplex else None
         # How w reaches the policy (conditioning=tags|tied_tags|embedding|svd_lora); its modules live in the policy.

@@ -65,6 +65,8 @@ def warm_start_module(module, pairs: list[tuple[str, str]], seed: int = 0) -> li
     raw = module.rewards(prompts, responses)
     module.reward_norm.update(raw[torch.isfinite(raw).all(-1)])
     tags = relabel(module.reward_norm.normalize(raw).nan_to_num(0.0), module.sampler.relabel_tau)
+    if module.warm_start_tags == "neutral":  # the prompt, not the tag, must explain the response's style
+        tags = torch.full_like(tags, 1.0 / tags.shape[-1])
     batches = tagged_batches(module.tokenizer, module.conditioner, prompts, responses, tags, module.max_prompt_length,
                              module.sampler.max_new_tokens, module.warm_start_batch_size)
     return warm_start(module.policy, batches, module.warm_start_steps, module.warm_start_lr, seed=seed,
