@@ -10,6 +10,7 @@ from meal_pl.restore import load_run
 from meal_pl.sequences import conditioned
 from meal_pl.train import train
 
+
 # tags + LoRA is tests/test_cli.py's run; one run per backend, LoRA where the backend meets peft's wrappers.
 @pytest.mark.parametrize(("backend", "lora"), [("tied_tags", False), ("embedding", True), ("svd_lora", False), ("svd_lora", True)])
 def test_backend_trains_generates_and_exports_at_w(backend, lora, tmp_path):
