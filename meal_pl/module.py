@@ -252,22 +252,29 @@ class MealModule(L.LightningModule):
         return loss, kl
 
     def log_step(self, r: Rollout, loss: Tensor, kl: Tensor, meta_logs: dict[str, float]) -> None:
-        """Everything TensorBoard shows per step, logged in one place."""
+        """Everything TensorBoard shows per step, logged in one place.
+
+        The step's metrics reach the host as plain floats in one transfer (step_metrics), go into
+        trainer.callback_metrics (what StepTimer, the benchmark, monitors and sweepers read) every step, and to
+        the loggers in one `log_metrics` call every trainer.log_every_n_steps; Lightning's `self.log` (per-key
+        bookkeeping and reductions, ~20 keys a step) carries only the progress bar's `loss` and `reward`.
+        """
         with section("logging"):
-            lr = self.optimizers().param_groups[0]["lr"]
-            metrics, counts = step_metrics(r, self.objective_names, loss, kl, lr)
+            metrics, counts = step_metrics(r, self.objective_names, loss, kl, self.optimizers().param_groups[0]["lr"])
             for key, value in counts.items():
                 self.counters[key] += value
-            metrics |= {f"count/{k}": torch.tensor(float(v)) for k, v in self.counters.items()}
-            metrics |= {k: torch.tensor(v) for k, v in meta_logs.items()}
-            B = len(r.prompts)
-            self.log_dict({k: v.float() for k, v in metrics.items()}, on_step=True, prog_bar=False, batch_size=B)
-            self.log("loss", loss.detach(), prog_bar=True, batch_size=B)
-            self.log("reward", metrics["reward/scalarized"].float(), prog_bar=True, batch_size=B)
+            metrics |= {f"count/{k}": float(v) for k, v in self.counters.items()} | meta_logs
+            trainer, step = self.trainer, self.global_step
+            trainer.callback_metrics.update(zip(metrics, torch.tensor(list(metrics.values())).unbind(), strict=True))
+            self.log("loss", metrics["train/policy_loss"], prog_bar=True, logger=False, batch_size=len(r.prompts))
+            self.log("reward", metrics["reward/scalarized"], prog_bar=True, logger=False, batch_size=len(r.prompts))
+            if step % max(1, trainer.log_every_n_steps) == 0:
+                for logger in self.loggers:
+                    logger.log_metrics(metrics, step=step)
             experiment = getattr(self.logger, "experiment", None)
-            if hasattr(experiment, "add_histogram") and self.global_step % self.histogram_every_n_steps == 0:
+            if hasattr(experiment, "add_histogram") and step % self.histogram_every_n_steps == 0:
                 for k, n in enumerate(self.objective_names):
-                    experiment.add_histogram(f"pwn/weights_{n}", r.weights[:, k].float().cpu(), self.global_step)
+                    experiment.add_histogram(f"pwn/weights_{n}", r.weights[:, k].float().cpu(), step)
 
     # ----- the policy and the PWN, as the rollout and the evaluation use them -----------------------
     @contextlib.contextmanager

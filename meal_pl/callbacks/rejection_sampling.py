@@ -72,7 +72,7 @@ class RejectionSampling(RolloutCallback):
             resp_mask=resp_mask, raw=raw, rewards=rewards, valid=valid, keep=keep, selection=selection,
             prefix=seq_prefix, prefix_mask=seq_mask, ref_logp=ref_logp,
             non_dominated=valid & ~losses.dominated(rewards, valid), gen_time=gen_time,
-            counts={"truncated_prompts": truncated, "invalid_rewards": int((~valid).sum())},
+            counts={"truncated_prompts": truncated, "invalid_rewards": (~valid).sum()},  # read with the step's metrics
         )
 
     @staticmethod
