@@ -2,9 +2,12 @@
 
 import pytest
 import torch
+from conftest import TINY, compose_train
+from lightning.pytorch.loggers.logger import DummyLogger
 
 from meal_pl.rollout import Rollout
 from meal_pl.step_metrics import step_metrics
+from meal_pl.train import build_run
 
 
 def rollout() -> Rollout:
@@ -34,3 +37,33 @@ def test_step_metrics_by_hand():
     assert metrics["perf/tokens_per_s"] == 8 / 2.0 and metrics["train/response_length"] == 2.0
     assert counts == {"truncated_prompts": 1, "invalid_rewards": 1, "empty_responses": 1, "identical_groups": 1}
     assert all(type(v) is int for v in counts.values())
+
+
+class RecordingLogger(DummyLogger):
+    """A Lightning logger that keeps every log_metrics call."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def log_metrics(self, metrics, step=None):
+        self.calls.append((dict(metrics), step))
+
+
+def test_step_metrics_reach_the_logger_once_per_log_every_n_steps_and_callback_metrics_every_step(tmp_path):
+    cfg = compose_train(TINY + ["objective=synthetic", "logger=none", "~callbacks.model_checkpoint", "~callbacks.pareto_eval",
+                                "~callbacks.generations", "trainer.max_steps=4", "trainer.log_every_n_steps=2"], tmp_path)
+    datamodule, module, trainer = build_run(cfg)
+    recorder = RecordingLogger()
+    trainer.loggers = [recorder]
+    trainer.fit(module, datamodule=datamodule)
+    steps = [(step, metrics) for metrics, step in recorder.calls if "train/policy_loss" in metrics]
+    assert [s for s, _ in steps] == [2, 4]  # one batch of scalars per log_every_n_steps, at the policy's step
+    names = {"reward/a_to_m", "reward/n_to_z", "reward/scalarized", "pwn/weight_a_to_m", "pwn/weight_n_to_z",
+             "train/policy_loss", "train/kl", "train/lr", "train/rejection_rate", "perf/tokens_per_s",
+             "count/invalid_rewards", "count/truncated_prompts", "count/empty_responses", "count/identical_groups"}
+    for _, metrics in steps:
+        assert names <= set(metrics) and all(type(v) is float for v in metrics.values())
+    assert steps[-1][1]["train/policy_loss"] == pytest.approx(float(trainer.callback_metrics["train/policy_loss"]))
+    assert names <= set(trainer.callback_metrics)
+    assert {"loss", "reward"} <= set(trainer.progress_bar_metrics)
