@@ -1,6 +1,6 @@
 """CPU seconds per step and peak memory of ric and meal (second_order) as batch, response length and model grow.
 
-    python benchmarks/scaling.py                 # every point, ~5 minutes on 2 cores
+    python benchmarks/scaling.py                 # every point, 5-15 minutes on 2 cores (load-dependent)
     python benchmarks/scaling.py --steps 4       # fewer steps per point
 
 Each point is one run in its own process (its peak resident memory, ru_maxrss, is its own), composed as
