@@ -7,6 +7,7 @@ statistics of the `alternating` mode into the same inputs.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -179,5 +180,12 @@ def alternating_batch(buffer: list[tuple[Tensor, ...]], device: torch.device | s
 def buffer_rows(prefix: Tensor, prefix_mask: Tensor, responses: Tensor, resp_mask: Tensor, non_dominated: Tensor
                 ) -> list[tuple[list[int], list[int]]]:
     """The (prefix ids, response ids) of a rollout's non-dominated, non-empty samples: future meta batches."""
-    rows = zip(prefix, prefix_mask, responses, resp_mask, non_dominated.flatten(), strict=True)
-    return [(p[m.bool()].tolist(), y[ym].tolist()) for p, m, y, ym, nd in rows if nd and ym.any()]
+    rows = (non_dominated.flatten() & resp_mask.bool().any(-1)).nonzero().squeeze(1)
+
+    def ragged(ids: Tensor, mask: Tensor) -> list[list[int]]:
+        # The kept rows' real tokens in one transfer, then cut by row length (no tensor op per sample).
+        m = mask[rows].bool()
+        flat = iter(ids[rows][m].tolist())
+        return [list(itertools.islice(flat, n)) for n in m.sum(-1).tolist()]
+
+    return list(zip(ragged(prefix, prefix_mask), ragged(responses, resp_mask), strict=True))

@@ -34,6 +34,7 @@ from meal_pl.limits import check_context, check_prompt_lengths
 from meal_pl.meta import MetaConfig
 from meal_pl.models import apply_lora, fold_lora, is_peft
 from meal_pl.pareto import ideal_hypervolume
+from meal_pl.profiling import section
 from meal_pl.rewards import RewardSet, RunningRewardNorm
 from meal_pl.rollout import Rollout, concat_rollouts, select_prompts
 from meal_pl.sampling import RejectionSampler, encode_prompts, generate_eval_mode, position_ids
@@ -203,7 +204,8 @@ class MealModule(L.LightningModule):
         rollout, self.rollout = self.rollout, None
         if rollout is None:
             raise RuntimeError("no rollout for this batch: a RolloutCallback (callbacks.rejection_sampling) must run first")
-        meta_logs = self.meta_step(rollout)
+        with section("meta"):
+            meta_logs = self.meta_step(rollout)
         loss, kl = self.base_step(rollout, batch_idx)
         self.log_step(rollout, loss, kl, meta_logs)
 
@@ -267,33 +269,44 @@ class MealModule(L.LightningModule):
         """Step 6 on the policy. With accumulate_grad_batches=k, one update per k batches of 1/k-scaled losses;
         DDP all-reduces every micro-batch's gradient (a sum of averages is the average of the sum)."""
         policy_opt = self.optimizers()
-        logp = sequence_logprobs(self.policy, r.prefix, r.prefix_mask, r.responses, conditioner=self.conditioner)
-        loss, _, kl = losses.inner_loss(logp, r.ref_logp, r.resp_mask, r.selection.flatten(), self.beta, len(r.prompts))
         if batch_idx % self.accumulate_grad_batches == 0:
-            policy_opt.zero_grad()
-        self.manual_backward(loss / self.accumulate_grad_batches)
+            with section("optimiser"):
+                policy_opt.zero_grad()
+        with section("base"):
+            logp = sequence_logprobs(self.policy, r.prefix, r.prefix_mask, r.responses, conditioner=self.conditioner)
+            loss, _, kl = losses.inner_loss(logp, r.ref_logp, r.resp_mask, r.selection.flatten(), self.beta, len(r.prompts))
+            self.manual_backward(loss / self.accumulate_grad_batches)
         if (batch_idx + 1) % self.accumulate_grad_batches == 0:
-            self.clip_gradients(policy_opt, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
-            policy_opt.step()
-            self.lr_schedulers().step()
+            with section("optimiser"):
+                self.clip_gradients(policy_opt, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+                policy_opt.step()
+                self.lr_schedulers().step()
         return loss, kl
 
     def log_step(self, r: Rollout, loss: Tensor, kl: Tensor, meta_logs: dict[str, float]) -> None:
-        """Everything TensorBoard shows per step, logged in one place."""
-        lr = self.optimizers().param_groups[0]["lr"]
-        metrics, counts = step_metrics(r, self.objective_names, loss, kl, lr)
-        for key, value in counts.items():
-            self.counters[key] += value
-        metrics |= {f"count/{k}": torch.tensor(float(v)) for k, v in self.counters.items()}
-        metrics |= {k: torch.tensor(v) for k, v in meta_logs.items()}
-        B = len(r.prompts)
-        self.log_dict({k: v.float() for k, v in metrics.items()}, on_step=True, prog_bar=False, batch_size=B)
-        self.log("loss", loss.detach(), prog_bar=True, batch_size=B)
-        self.log("reward", metrics["reward/scalarized"].float(), prog_bar=True, batch_size=B)
-        experiment = getattr(self.logger, "experiment", None)
-        if hasattr(experiment, "add_histogram") and self.global_step % self.histogram_every_n_steps == 0:
-            for k, n in enumerate(self.objective_names):
-                experiment.add_histogram(f"pwn/weights_{n}", r.weights[:, k].float().cpu(), self.global_step)
+        """Everything TensorBoard shows per step, logged in one place.
+
+        The step's metrics reach the host as plain floats in one transfer (step_metrics), go into
+        trainer.callback_metrics (what StepTimer, the benchmark, monitors and sweepers read) every step, and to
+        the loggers in one `log_metrics` call every trainer.log_every_n_steps; Lightning's `self.log` (per-key
+        bookkeeping and reductions, ~20 keys a step) carries only the progress bar's `loss` and `reward`.
+        """
+        with section("logging"):
+            metrics, counts = step_metrics(r, self.objective_names, loss, kl, self.optimizers().param_groups[0]["lr"])
+            for key, value in counts.items():
+                self.counters[key] += value
+            metrics |= {f"count/{k}": float(v) for k, v in self.counters.items()} | meta_logs
+            trainer, step = self.trainer, self.global_step
+            trainer.callback_metrics.update(zip(metrics, torch.tensor(list(metrics.values())).unbind(), strict=True))
+            self.log("loss", metrics["train/policy_loss"], prog_bar=True, logger=False, batch_size=len(r.prompts))
+            self.log("reward", metrics["reward/scalarized"], prog_bar=True, logger=False, batch_size=len(r.prompts))
+            if step % max(1, trainer.log_every_n_steps) == 0:
+                for logger in self.loggers:
+                    logger.log_metrics(metrics, step=step)
+            experiment = getattr(self.logger, "experiment", None)
+            if hasattr(experiment, "add_histogram") and step % self.histogram_every_n_steps == 0:
+                for k, n in enumerate(self.objective_names):
+                    experiment.add_histogram(f"pwn/weights_{n}", r.weights[:, k].float().cpu(), step)
 
     # ----- the policy and the PWN, as the rollout and the evaluation use them -----------------------
     @contextlib.contextmanager

@@ -46,7 +46,7 @@ class Rollout:
     ref_logp: Tensor  # (S,T) log pi_ref of the response tokens under `prefix`
     non_dominated: Tensor  # (B,N) valid and dominated by no other sample of the prompt
     gen_time: float  # seconds spent generating
-    counts: dict[str, int] = field(default_factory=dict)  # this batch's invalid_rewards, truncated_prompts
+    counts: dict[str, int | Tensor] = field(default_factory=dict)  # this batch's invalid_rewards, truncated_prompts
     front: FrontBatch | None = None  # held-out samples for algorithm.meta.outer=front, on meta-step batches
 
     @property

@@ -9,24 +9,32 @@ from meal_pl import losses
 from meal_pl.rollout import Rollout
 
 
-def step_metrics(r: Rollout, names: list[str], loss: Tensor, kl: Tensor, lr: float) -> tuple[dict[str, Tensor], dict[str, int]]:
-    """(metrics by tag, this step's counts to add to the run's counters)."""
+def step_metrics(r: Rollout, names: list[str], loss: Tensor, kl: Tensor, lr: float) -> tuple[dict[str, float], dict[str, int]]:
+    """(metrics by tag as plain floats, this step's counts to add to the run's counters).
+
+    Every value is computed where the rollout lives and brought to the host in one transfer: no per-metric
+    device syncs, no Python loop over samples.
+    """
     B, N, K = r.shape
     flat_valid = r.valid.flatten()
-    metrics = {f"reward/{n}": r.raw[flat_valid, k].mean() for k, n in enumerate(names)}
-    metrics["reward/scalarized"] = (losses.scalarize(r.weights, r.rewards) * r.selection).sum(-1).mean()
+    values = {f"reward/{n}": r.raw[flat_valid, k].mean() for k, n in enumerate(names)}
+    values["reward/scalarized"] = (losses.scalarize(r.weights, r.rewards) * r.selection).sum(-1).mean()
     for k, n in enumerate(names):
-        metrics[f"pwn/weight_{n}"] = r.weights[:, k].mean()
-    metrics["train/policy_loss"] = loss.detach()
-    metrics["train/lr"] = torch.tensor(lr)
-    metrics["train/kl"] = (kl.detach() * r.selection.flatten()).sum() / B
-    metrics["train/rejection_rate"] = 1 - r.keep.sum() / flat_valid.sum().clamp(min=1)
-    metrics["train/exploration_rate"] = r.explore.float().mean()
+        values[f"pwn/weight_{n}"] = r.weights[:, k].mean()
+    values["train/policy_loss"] = loss.detach()
+    values["train/kl"] = (kl.detach() * r.selection.flatten()).sum() / B
+    values["train/rejection_rate"] = 1 - r.keep.sum() / flat_valid.sum().clamp(min=1)
+    values["train/exploration_rate"] = r.explore.float().mean()
     lengths = r.resp_mask.sum(-1)
-    metrics["perf/tokens_per_s"] = torch.tensor(float(lengths.sum()) / max(r.gen_time, 1e-9))
-    metrics["train/response_length"] = lengths.float().mean()
-    counts = dict(r.counts)
-    counts["empty_responses"] = int((lengths <= 1).sum())  # EOS at step 0 or nothing
-    groups = r.responses.view(B, N, -1)
-    counts["identical_groups"] = int(sum(len({tuple(y.tolist()) for y in g}) == 1 for g in groups)) if N > 1 else 0
+    values["perf/tokens_per_s"] = lengths.sum() / max(r.gen_time, 1e-9)
+    values["train/response_length"] = lengths.float().mean()
+    tallies = {f"count/{k}": torch.as_tensor(v, device=lengths.device) for k, v in r.counts.items()}
+    tallies["count/empty_responses"] = (lengths <= 1).sum()  # EOS at step 0 or nothing
+    groups = r.responses.view(B, N, -1)  # a group of N identical (padded) responses
+    tallies["count/identical_groups"] = (groups == groups[:, :1]).all(-1).all(-1).sum() if N > 1 else lengths.new_zeros(())
+    keys = list(values) + list(tallies)
+    host = torch.stack([v.float() for v in (*values.values(), *tallies.values())]).tolist()  # the one transfer
+    metrics = dict(zip(keys[: len(values)], host, strict=False))
+    metrics["train/lr"] = float(lr)
+    counts = {k.removeprefix("count/"): round(v) for k, v in zip(keys[len(values):], host[len(values):], strict=True)}
     return metrics, counts

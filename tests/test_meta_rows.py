@@ -43,3 +43,18 @@ def test_skipped_entries_are_exactly_those_that_cannot_move_the_pwn(lookahead):
         needed &= prompts[:, None]
     assert torch.allclose(fast[needed], reference[needed], rtol=1e-6, atol=1e-10)
     assert (fast[~needed] == 0).all() and fast[needed].abs().min() > 0
+
+
+def test_buffer_rows_keeps_the_real_tokens_of_non_dominated_non_empty_samples():
+    """Hand-made rollout: row 1 is dominated, row 2 is non-dominated but empty; padding is dropped both sides."""
+    from meal_pl.meta import buffer_rows
+
+    prefix = torch.tensor([[0, 5, 6], [0, 0, 7], [8, 9, 10], [0, 11, 12]])
+    prefix_mask = torch.tensor([[0, 1, 1], [0, 0, 1], [1, 1, 1], [0, 1, 1]])
+    responses = torch.tensor([[1, 2, 0], [3, 0, 0], [0, 0, 0], [4, 4, 4]])
+    resp_mask = torch.tensor([[True, True, False], [True, False, False], [False, False, False], [True, True, True]])
+    non_dominated = torch.tensor([[True, False], [True, True]])  # (B,N) = (2,2)
+    rows = buffer_rows(prefix, prefix_mask, responses, resp_mask, non_dominated)
+    assert rows == [([5, 6], [1, 2]), ([11, 12], [4, 4, 4])]
+    assert all(isinstance(t, int) for p, y in rows for t in p + y)
+    assert buffer_rows(prefix, prefix_mask, responses, resp_mask, torch.zeros(2, 2, dtype=torch.bool)) == []

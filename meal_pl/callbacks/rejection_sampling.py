@@ -14,6 +14,7 @@ import torch
 
 from meal_pl import distributed, losses
 from meal_pl.pareto import simplex_grid
+from meal_pl.profiling import section
 from meal_pl.pwn import propose
 from meal_pl.rollout import FrontBatch, Rollout
 from meal_pl.sampling import encode_prompts, response_mask
@@ -42,34 +43,39 @@ class RejectionSampling(RolloutCallback):
         if truncated and module.prompt_overflow == "error":  # on_fit_start checked the data; this guards other sources
             raise ValueError(f"{truncated} prompts of the batch exceed algorithm.max_prompt_length={module.max_prompt_length}")
         # 1-2. propose preferences and condition the prompts; static sources read no features (no reference pass)
-        learnable = getattr(module.pwn, "learnable", False)
-        features = module.prompt_features(ids, mask) if learnable else ids.new_zeros(B, 1).float()
-        with torch.no_grad():
-            weights, explore = propose(module.pwn, features, module.meta.exploration)
-        cond = module.tag_weights(weights)
-        prefix, prefix_mask = module.conditioner.condition(ids, mask, cond)
+        with section("propose"):
+            learnable = getattr(module.pwn, "learnable", False)
+            features = module.prompt_features(ids, mask) if learnable else ids.new_zeros(B, 1).float()
+            with torch.no_grad():
+                weights, explore = propose(module.pwn, features, module.meta.exploration)
+            cond = module.tag_weights(weights)
+            prefix, prefix_mask = module.conditioner.condition(ids, mask, cond)
         # 3. sample and score
-        start = time.perf_counter()
-        responses = module.generate(prefix, prefix_mask)  # (B*N, T)
-        gen_time = time.perf_counter() - start
-        resp_mask = response_mask(responses, tok.eos_token_id)
-        texts = tok.batch_decode(responses, skip_special_tokens=True)
-        raw, rewards, valid = self.score(module, [p for p in prompts for _ in range(N)], texts, B, N)
+        with section("generate"):
+            start = time.perf_counter()
+            responses = module.generate(prefix, prefix_mask)  # (B*N, T)
+            gen_time = time.perf_counter() - start
+        with section("score"):
+            resp_mask = response_mask(responses, tok.eos_token_id)
+            texts = tok.batch_decode(responses, skip_special_tokens=True)
+            raw, rewards, valid = self.score(module, [p for p in prompts for _ in range(N)], texts, B, N)
         # 4-5. rejection sampling and relabelling
-        keep, selection = sampler.select(weights, rewards, valid)
-        tags = losses.relabel(rewards, sampler.relabel_tau) if sampler.relabel else cond[:, None].expand_as(rewards)
-        S, K = B * N, rewards.shape[-1]
-        seq_prefix = torch.cat([ids.repeat_interleave(N, 0), module.conditioner.tag_ids(tags.reshape(S, K))], 1)
-        seq_mask = torch.cat([mask.repeat_interleave(N, 0), torch.ones(S, K, dtype=mask.dtype, device=module.device)], 1)
-        with torch.no_grad(), module.reference() as ref:
+        with section("select"):
+            keep, selection = sampler.select(weights, rewards, valid)
+            tags = losses.relabel(rewards, sampler.relabel_tau) if sampler.relabel else cond[:, None].expand_as(rewards)
+            S, K = B * N, rewards.shape[-1]
+            seq_prefix = torch.cat([ids.repeat_interleave(N, 0), module.conditioner.tag_ids(tags.reshape(S, K))], 1)
+            seq_mask = torch.cat([mask.repeat_interleave(N, 0), torch.ones(S, K, dtype=mask.dtype, device=module.device)], 1)
+        with section("reference"), torch.no_grad(), module.reference() as ref:
             ref_logp = sequence_logprobs(ref, seq_prefix, seq_mask, responses, conditioner=module.conditioner)
-        front = self.front_batch(module, prompts) if module.meta.outer == "front" and module.meta_due() else None
+        with section("meta"):  # the front objective's held-out samples are the meta step's cost
+            front = self.front_batch(module, prompts) if module.meta.outer == "front" and module.meta_due() else None
         return Rollout(
             front=front, prompts=prompts, features=features, weights=weights, explore=explore, responses=responses,
             resp_mask=resp_mask, raw=raw, rewards=rewards, valid=valid, keep=keep, selection=selection,
             prefix=seq_prefix, prefix_mask=seq_mask, ref_logp=ref_logp,
             non_dominated=valid & ~losses.dominated(rewards, valid), gen_time=gen_time,
-            counts={"truncated_prompts": truncated, "invalid_rewards": int((~valid).sum())},
+            counts={"truncated_prompts": truncated, "invalid_rewards": (~valid).sum()},  # read with the step's metrics
         )
 
     def front_batch(self, module: L.LightningModule, batch_prompts: list[str]) -> FrontBatch:
