@@ -37,9 +37,10 @@ class MetaConfig:
     preference_steps: int = 2  # gradient steps on the free preference logits z (0 = off)
     preference_lr: float = 0.5  # step length of a z step (row-normalised gradient)
     regression_weight: float = 1.0  # weight of KL(softmax(z*) || PWN) in the PWN loss
-    exploration: float = 0.25  # probability a prompt's preference is a Dirichlet(1) draw
+    exploration: float = 0.0  # probability a prompt's preference is a Dirichlet(1) draw
     frozen: bool = False  # ablation: never update the PWN
-    outer: str = "nondominated_nll"  # what a good preference is for (METHOD.md step 7): nondominated_nll | front
+    outer: str = "front"  # what a good preference is for (METHOD.md step 7): front | nondominated_nll; lookahead
+    # modes only: `alternating` has no lookahead and fits the PWN onto each prompt's non-dominated samples
     front_prompts: int = 0  # outer=front: held-out prompts per meta step, one grid preference each (0 = the grid's size)
     front_samples: int = 2  # outer=front: J responses per held-out prompt, drawn at theta
     every_n_steps: int = 1  # the meta step runs every n policy steps, on the rollouts gathered since the last one
@@ -52,9 +53,6 @@ class MetaConfig:
             raise ValueError(f"algorithm.meta.exploration={self.exploration} must be in [0, 1]")
         if self.outer not in OUTERS:
             raise ValueError(f"algorithm.meta.outer={self.outer!r}; choose one of {OUTERS}")
-        if self.outer == "front" and self.lookahead == "alternating":
-            raise ValueError("algorithm.meta.outer=front needs a lookahead (the policy's response to the selection): "
-                             "use algorithm.meta.lookahead=first_order or second_order, or outer=nondominated_nll")
         if self.every_n_steps < 1 or self.front_samples < 2 or self.front_prompts < 0 or self.max_prompts < 0:
             raise ValueError(f"algorithm.meta: every_n_steps={self.every_n_steps} must be >= 1, front_samples="
                              f"{self.front_samples} >= 2 (a baseline needs two), front_prompts and max_prompts >= 0")

@@ -23,7 +23,7 @@ class PreferenceWeightNet(nn.Module):
     learnable = True
 
     def __init__(self, feature_dim: int, num_objectives: int, hidden_dim: int = 64, temperature: float = 1.0,
-                 proposal: str = "point", concentration: float | None = None, floor: float = 0.5) -> None:
+                 proposal: str = "dirichlet", concentration: float | None = None, floor: float = 0.5) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"pwn.temperature={temperature} must be > 0")

@@ -53,7 +53,7 @@ class RejectionSampler:
     tau: float = 0.5  # selection temperature; 0 = hard best-of-N
     drop_dominated: bool = True
     quantile: float = 0.0  # reject samples below this per-prompt quantile of the scalarised reward
-    relabel: bool = True  # train on tags of the achieved trade-off (True) or of the requested one
+    relabel: bool = False  # train on tags of the achieved trade-off (True) or of the requested one
     relabel_tau: float = 0.5
 
     def __post_init__(self) -> None:

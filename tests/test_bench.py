@@ -53,11 +53,13 @@ def assert_front(report_: dict, num_points: int) -> None:
 @pytest.mark.parametrize(
     "overrides, source, tau, relabel, neutral",
     [
-        (["algorithm=ric"], "UniformPreferences", 0.0, True, False),
-        (["algorithm=linear"], "FixedPreferences", 0.0, False, True),
-        (["algorithm=soups"], "FixedPreferences", 0.0, False, True),
-        (["algorithm=ric", "pwn=fixed"], "FixedPreferences", 0.0, True, False),  # the command line wins
-        (["pwn=uniform"], "UniformPreferences", 0.5, True, False),
+        # every method shares the selection and tag settings; they differ in where preferences come from
+        (["algorithm=ric"], "UniformPreferences", 0.5, False, False),
+        (["algorithm=linear"], "FixedPreferences", 0.5, False, True),
+        (["algorithm=soups"], "FixedPreferences", 0.5, False, True),
+        (["algorithm=ric", "pwn=fixed"], "FixedPreferences", 0.5, False, False),  # the command line wins
+        (["pwn=uniform"], "UniformPreferences", 0.5, False, False),
+        (["algorithm=ric", "algorithm.sampler.tau=0", "algorithm.sampler.relabel=true"], "UniformPreferences", 0.0, True, False),
     ],
 )
 def test_baseline_configs(overrides, source, tau, relabel, neutral, tmp_path):

@@ -56,7 +56,7 @@ def test_dirichlet_proposal_keeps_every_prompt_spread_over_the_simplex():
     assert (draws < 0.25).float().mean() > 0.02 and (draws > 0.9).float().mean() > 0.1  # ... but not the support
     uniform = pwn.sample(torch.full((4000, 2), 0.5))[:, 0]
     assert abs(float(uniform.mean()) - 0.5) < 0.03 and (uniform < 0.1).float().mean() > 0.05  # Dirichlet(1) there
-    point = PreferenceWeightNet(feature_dim=4, num_objectives=2)
+    point = PreferenceWeightNet(feature_dim=4, num_objectives=2, proposal="point")
     assert torch.equal(point.sample(corner), corner)
 
 
