@@ -3,6 +3,7 @@
 import gzip
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,20 @@ def test_shipped_default_set():
     assert len(set(prompts)) == 240
     assert all(p.startswith("\n\nHuman: ") and p.endswith("\n\nAssistant:") for p in prompts)
     assert all(len(r["responses"]) == 2 for r in records)
+
+
+def test_shipped_default_set_groups():
+    """Every shipped row is hand-labelled harmful_request/everyday, and the hold-out's groups line up."""
+    records = load_records(default_data_path())
+    assert all(r.get("group") in ("harmful_request", "everyday") for r in records)
+    assert Counter(r["group"] for r in records) == {"everyday": 154, "harmful_request": 86}
+    group_of = {r["prompt"]: r["group"] for r in records}
+    dm = PromptDataModule(batch_size=4, eval_size=32)  # path None: the shipped set
+    dm.setup("fit")
+    prompts, groups = dm.eval_prompts(), dm.eval_groups()
+    assert len(groups) == 32 and groups == [group_of[p] for p in prompts]
+    assert set(groups) == {"harmful_request", "everyday"}
+    assert dm.eval_groups(5) == groups[:5] == [group_of[p] for p in dm.eval_prompts(5)]
 
 
 def _datamodule(tmp_path, seed=0, n=40, **kwargs) -> PromptDataModule:

@@ -116,7 +116,11 @@ def run_trl(cfg: DictConfig, warmup_steps: int = 2, reward_weights: list[float] 
     start = time.perf_counter()
     trainer.train()
     run_time = time.perf_counter() - start
-    module.policy.load_state_dict(trainer.model.state_dict())  # evaluate GRPO's policy with meal-pl's code
+    # Evaluate GRPO's policy with meal-pl's code. TRL's copy of the model carries no conditioning modules
+    # (e.g. conditioning=embedding's map), which untagged generation never uses: only those may be missing.
+    missing, unexpected = module.policy.load_state_dict(trainer.model.state_dict(), strict=False)
+    if unexpected or any("meal_preference" not in k for k in missing):
+        raise RuntimeError(f"TRL's policy does not match meal-pl's: missing {missing}, unexpected {unexpected}")
 
     point = evaluate_untagged(module, datamodule.eval_prompts(cfg.callbacks.pareto_eval.num_prompts))
     skip = warmup_steps if len(clock.wall) > warmup_steps else 0
