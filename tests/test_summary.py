@@ -1,0 +1,34 @@
+"""The end-of-run summary: whole paths, PWN lines only where a PWN exists."""
+
+from meal_pl.callbacks.summary import summary_lines
+from meal_pl.logs import DropAdverts, LogProgress
+
+REPORT = {
+    "initial_hypervolume": 0.1, "hypervolume": 0.2, "hypervolume_ratio": 0.44, "objective_names": ["a", "b"],
+    "steerability": {"a": 0.5, "b": 0.25}, "pwn_choice": {"weights": [0.7, 0.3], "rewards": [0.4, 0.2]},
+}
+
+
+def test_summary_keeps_long_paths_whole_and_shows_the_pwn_only_for_meal(tmp_path):
+    out = tmp_path / ("a_very_long_directory_name_" * 6) / "run"
+    meal = summary_lines(120, 12.3, REPORT, str(out), pwn=True)
+    ric = summary_lines(120, 12.3, REPORT, str(out), pwn=False)
+    assert meal[-1].endswith(str(out.resolve())) and len(meal[-1]) > 200  # no ellipsis, no wrapping
+    assert any("PWN's own preference" in line and "a=0.70, b=0.30" in line for line in meal)
+    assert not any("PWN" in line for line in ric)
+    assert any("0.1000 (initial) -> 0.2000 (final)" in line for line in ric)
+
+
+def test_adverts_are_dropped_and_other_records_pass():
+    import logging
+
+    make = lambda msg: logging.LogRecord("lightning.pytorch.utilities.rank_zero", logging.INFO, "", 0, msg, None, None)  # noqa: E731
+    assert not DropAdverts().filter(make("💡 Tip: For seamless cloud logging ... litlogger"))
+    assert DropAdverts().filter(make("GPU available: False, used: False"))
+
+
+def test_progress_log_interval_is_checked():
+    import pytest
+
+    with pytest.raises(ValueError, match="callbacks.progress_log.every_n_steps=0 must be >= 1"):
+        LogProgress(every_n_steps=0)
