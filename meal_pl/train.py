@@ -61,8 +61,11 @@ def build(cfg: DictConfig, tokenizer_dir: str | Path | None = None):
 
 def build_run(cfg: DictConfig):
     """Seed, then the datamodule, the module and the trainer with the config's callbacks and loggers."""
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    threads = cfg.get("threads")
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads={threads} must be a positive integer (torch threads), or null for torch's default")
+        torch.set_num_threads(threads)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, module = build(cfg)
     save_run_files(cfg, module.tokenizer)

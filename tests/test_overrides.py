@@ -54,3 +54,10 @@ def test_cli_prints_one_line_and_exits_2_for_a_misspelled_key(monkeypatch, capsy
         "(prefix it with + to add a new key on purpose)"
     ]
     assert not any(tmp_path.iterdir())  # refused before any run directory exists
+
+
+def test_threads_must_be_a_positive_integer(tiny_cfg):
+    from meal_pl.train import build_run
+
+    with pytest.raises(ValueError, match=r"threads=abc must be a positive integer"):
+        build_run(tiny_cfg("threads=abc"))
