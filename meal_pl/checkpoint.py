@@ -170,8 +170,42 @@ def check_compatible(
         )
 
 
-def find_last_checkpoint(runs_dir: str | Path, exclude: str | Path | None = None) -> Path:
-    """`ckpt_path=last`: the newest <runs_dir>/*/checkpoints/last.ckpt, other than the current run's."""
+# What makes two runs "the same experiment" for ckpt_path=last: their config-group choices. `conditioning` is
+# compared too once it exists as a group (a missing group reads as None on both sides).
+IDENTITY_GROUPS = ("objective", "model", "algorithm", "conditioning")
+
+
+def run_identity(choices: Any) -> dict[str, Any]:
+    """{group: chosen option} for IDENTITY_GROUPS, from Hydra's runtime choices."""
+    choices = choices or {}
+    return {group: choices.get(group) for group in IDENTITY_GROUPS}
+
+
+def saved_identity(run_dir: Path) -> dict[str, Any] | None:
+    """The identity of an earlier run, from its .hydra/hydra.yaml; None when the run did not record one."""
+    from omegaconf import OmegaConf  # local: keeps this module light for the checkpoint IO path
+
+    path = Path(run_dir) / ".hydra" / "hydra.yaml"
+    if not path.is_file():
+        return None
+    try:
+        choices = OmegaConf.select(OmegaConf.load(path), "hydra.runtime.choices")
+    except Exception:
+        return None
+    return run_identity(choices) if choices is not None else None
+
+
+def describe(identity: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in identity.items() if v is not None)
+
+
+def find_last_checkpoint(
+    runs_dir: str | Path, exclude: str | Path | None = None, identity: dict[str, Any] | None = None
+) -> Path:
+    """`ckpt_path=last`: the newest <runs_dir>/*/checkpoints/last.ckpt, other than the current run's.
+
+    With `identity`, only runs with the same config-group choices (run_identity) qualify.
+    """
     runs_dir = Path(runs_dir)
     excluded = Path(exclude).resolve() if exclude is not None else None
     candidates = [p for p in runs_dir.glob("*/checkpoints/last.ckpt") if p.parents[1].resolve() != excluded]
@@ -180,6 +214,15 @@ def find_last_checkpoint(runs_dir: str | Path, exclude: str | Path | None = None
             f"ckpt_path=last: no earlier run has a checkpoint ({runs_dir}/*/checkpoints/last.ckpt); give the path "
             "of a .ckpt file, or drop ckpt_path to start a new run"
         )
+    if identity is not None:
+        matching = [p for p in candidates if saved_identity(p.parents[1]) == identity]
+        if not matching:
+            raise FileNotFoundError(
+                f"ckpt_path=last: none of the {len(candidates)} earlier runs with a checkpoint in {runs_dir} has "
+                f"{describe(identity)}; give that run's .ckpt path, change objective/model/algorithm to match "
+                "the run you mean, or drop ckpt_path to start a new run"
+            )
+        candidates = matching
     return max(candidates, key=lambda p: p.stat().st_mtime)
 
 

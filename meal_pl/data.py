@@ -176,7 +176,7 @@ class PromptDataModule(L.LightningDataModule):
         super().__init__()
         if path is not None and hub_name is not None:
             raise ValueError(f"set one of data.path ({path!r}) and data.hub_name ({hub_name!r}), not both")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the run logs its whole config once, with the final metric (meal_pl.sweeps)
         self.path, self.hub_name, self.split = path, hub_name, split
         self.batch_size, self.eval_size, self.max_prompts = batch_size, eval_size, max_prompts
         # The evaluation hold-out has its own seed so runs with different `seed`s are scored on the same prompts.

@@ -6,9 +6,11 @@ the run's `.hydra/config.yaml` with the tokenizer saved in `<run dir>/tokenizer/
 
 from __future__ import annotations
 
+import inspect
+import re
 import sys
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +78,32 @@ def parse_args(argv: list[str], defaults: Any, required: tuple[str, ...] = ()) -
     return defaults
 
 
-def run_cli(main: Callable[[list[str]], None]) -> None:
-    """Run a CLI's main; a user error (bad path, bad value) is one line on stderr and exit status 2."""
+def cli_help(main: Callable[[list[str]], None], args_type: type | None) -> str:
+    """The command's docstring and, for each `key=value` argument, its default and the comment beside it."""
+    module = sys.modules[main.__module__]
+    name = module.__spec__.name if module.__spec__ else main.__module__
+    lines = [f"python -m {name} key=value ...", "", (module.__doc__ or "").strip(), ""]
+    if args_type is not None:
+        comments = {}
+        for line in inspect.getsource(args_type).splitlines():
+            match = re.match(r"\s+(\w+):[^#]*#\s*(.*)", line)
+            if match:
+                comments[match.group(1)] = match.group(2)
+        lines.append("arguments:")
+        for field in fields(args_type):
+            default = field.default if field.default is not MISSING else None
+            note = f"  {comments[field.name]}" if field.name in comments else ""
+            shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
+            lines.append(f"  {field.name}={shown}{note}")
+    return "\n".join(lines)
+
+
+def run_cli(main: Callable[[list[str]], None], args_type: type | None = None) -> None:
+    """Run a CLI's main; `--help` prints its arguments; a user error (bad path, bad value) is one line on
+    stderr and exit status 2."""
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print(cli_help(main, args_type))
+        raise SystemExit(0)
     try:
         main(sys.argv[1:])
     except (ValueError, FileNotFoundError) as err:

@@ -4,7 +4,8 @@
 - `record_failure` writes a failed run's line and traceback to <run dir>/error.txt and, in a sweep, appends
   the line to <sweep dir>/failed_jobs.txt; the entry point prints the line (no traceback) and exits 1, or,
   in a sweep, returns so that the other jobs run and keep their outputs.
-- `RunGuard` (a Hydra callback) refuses a run or sweep directory that already holds files (exit 2), and
+- `RunGuard` (a Hydra callback) refuses a run or sweep directory that already holds files, and `ckpt_path=last`
+  when no earlier run matches (exit 2, before the run directory exists), and
   fails a sweep at its end when failed_jobs.txt lists any job (exit 1). It exits rather than raises:
   Hydra turns a callback's exception into a warning and carries on.
 """
@@ -39,6 +40,7 @@ class RunGuard(Callback):
         if os.environ.get("LOCAL_RANK", "0") != "0":
             return
         _refuse_used_dir(config.hydra.run.dir, "hydra.run.dir")
+        _refuse_unmatched_last(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _refuse_used_dir(config.hydra.sweep.dir, "hydra.sweep.dir")
@@ -58,6 +60,20 @@ def _refuse_used_dir(directory: str, key: str) -> None:
             f"{key} or drop the override (the default is a fresh time-stamped directory)",
             2,
         )
+
+
+def _refuse_unmatched_last(config: DictConfig) -> None:
+    """`ckpt_path=last` with no earlier run of the same objective/model/algorithm: refused before Hydra creates
+    the run directory, so a refused start leaves nothing behind."""
+    if config.get("ckpt_path") != "last":
+        return
+    from meal_pl.checkpoint import find_last_checkpoint, run_identity  # deferred: torch/lightning imports
+
+    runs_dir = Path(str(config.paths.root_dir)) / str(config.task_name)
+    try:
+        find_last_checkpoint(runs_dir, identity=run_identity(config.hydra.runtime.choices))
+    except FileNotFoundError as err:
+        _exit(f"error: {err}", 2)
 
 
 def _exit(line: str, code: int) -> NoReturn:

@@ -9,6 +9,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from meal_pl import losses
+from meal_pl.chat import format_prompts
 
 
 def encode_prompts(
@@ -16,9 +17,10 @@ def encode_prompts(
 ) -> tuple[Tensor, Tensor, int]:
     """Left-padded (B,P) ids and mask; prompts over max_length keep their end (the request being answered).
 
-    Returns (ids, mask, number of prompts truncated) so the caller can count and warn.
+    Returns (ids, mask, number of prompts truncated) so the caller can count and warn. A model with
+    `model.chat_template: true` reads each prompt through its chat template (meal_pl.chat).
     """
-    rows = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    rows = tokenizer(format_prompts(tokenizer, prompts), add_special_tokens=False)["input_ids"]
     truncated = sum(len(r) > max_length for r in rows)
     rows = [r[-max_length:] for r in rows]
     width = max(len(r) for r in rows)

@@ -10,17 +10,25 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import meal_pl  # noqa: F401  (sets the offline default before transformers is imported)
-from meal_pl.checkpoint import find_last_checkpoint
+from meal_pl.chat import use_chat_template
+from meal_pl.checkpoint import describe, find_last_checkpoint, run_identity
+from meal_pl.config_check import check_key_overrides
+from meal_pl.logs import config_summary, emit, error_log, route_library_logs
 from meal_pl.rewards import RewardSet
 from meal_pl.runs import CONF_DIR, check_group_overrides, in_sweep, record_failure
+from meal_pl.sweeps import log_hparams
 
 # Lightning's own deprecation notice about torch's pytree API, printed on every run (pytest filters it too).
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+# transformers' deprecation notice, raised by peft on every LoRA run (pytest filters it too).
+warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
 # A short unique id in run directory names, so two runs started in the same second never share one.
 OmegaConf.register_new_resolver("meal_run_id", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True)
 
@@ -36,12 +44,14 @@ def build(cfg: DictConfig, tokenizer_dir: str | Path | None = None):
     model_cfg = cfg.model.copy()
     with open_dict(model_cfg):
         lora = model_cfg.pop("lora", None)  # applied by MealModule once the tag tokens exist
+        chat_template = bool(model_cfg.pop("chat_template", False))  # prompts through the model's chat template
     policy, tokenizer = instantiate(model_cfg)(corpus=datamodule.corpus())
     if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
         policy.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    use_chat_template(tokenizer, chat_template)
     rewards = RewardSet(instantiate(cfg.objective.rewards))
     objective = {k: v for k, v in OmegaConf.to_container(cfg.objective, resolve=True).items() if k != "rewards"}
     lora = OmegaConf.to_container(lora, resolve=True) if lora is not None else None
@@ -54,6 +64,11 @@ def build(cfg: DictConfig, tokenizer_dir: str | Path | None = None):
 
 def build_run(cfg: DictConfig):
     """Seed, then the datamodule, the module and the trainer with the config's callbacks and loggers."""
+    threads = cfg.get("threads")
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads={threads} must be a positive integer (torch threads), or null for torch's default")
+        torch.set_num_threads(threads)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, module = build(cfg)
     save_run_files(cfg, module.tokenizer)
@@ -65,10 +80,24 @@ def build_run(cfg: DictConfig):
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Compose everything from config, fit, and return the final metrics (for sweepers)."""
+    route_library_logs()
     ckpt_path = resolve_ckpt_path(cfg)  # before any work: a bad path fails at once
+    if rank_zero_only.rank == 0:
+        emit(config_summary(cfg, choices_of(cfg), ckpt_path))
     datamodule, module, trainer = build_run(cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    return {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    log_hparams(trainer.loggers, cfg, metrics)
+    return metrics
+
+
+def choices_of(cfg: DictConfig) -> dict:
+    """Hydra's config-group choices of this run (objective, model, algorithm, ...): the config's own hydra
+    node when it has one (compose(..., return_hydra_config=True)), else the running Hydra app's."""
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None)
+    if choices is None and HydraConfig.initialized():
+        choices = HydraConfig.get().runtime.choices
+    return dict(choices) if choices is not None else {}
 
 
 @rank_zero_only
@@ -83,11 +112,15 @@ def save_run_files(cfg: DictConfig, tokenizer) -> None:
         config.parent.mkdir(parents=True, exist_ok=True)
         plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
         OmegaConf.save(plain, config)
+    hydra_file = out / ".hydra" / "hydra.yaml"
+    if not hydra_file.is_file():  # the group choices, which ckpt_path=last matches runs by
+        OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": choices_of(cfg)}}}), hydra_file)
     tokenizer.save_pretrained(str(out / "tokenizer"))
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """`ckpt_path=last`: the newest checkpoints/last.ckpt among earlier runs of this task (not this run's).
+    """`ckpt_path=last`: the newest checkpoints/last.ckpt among earlier runs of this task (not this run's)
+    with the same objective, model, algorithm and conditioning.
 
     The resumed run writes into its own new directory, so the run it continues stays as it was.
     """
@@ -95,7 +128,11 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         return None
     if cfg.ckpt_path == "last":
         runs_dir = os.path.join(cfg.paths.root_dir, cfg.task_name)
-        return str(find_last_checkpoint(runs_dir, exclude=cfg.paths.output_dir))
+        identity = run_identity(choices_of(cfg))
+        found = find_last_checkpoint(runs_dir, exclude=cfg.paths.output_dir, identity=identity)
+        if rank_zero_only.rank == 0:
+            emit([f"ckpt_path=last: resuming {found} (the newest earlier run with {describe(identity)})"])
+        return str(found)
     if not os.path.isfile(str(cfg.ckpt_path)):
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} is not a file; give a .ckpt path or ckpt_path=last")
     return str(cfg.ckpt_path)
@@ -111,6 +148,7 @@ def main(cfg: DictConfig) -> float | None:
         # One line for the user, the traceback in <run dir>/error.txt. Handled here, not by Hydra, whose report
         # starts with "Error executing job with overrides: [...]" and a traceback.
         line = record_failure(cfg.paths.output_dir, err)
+        error_log.error(line)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(line, file=sys.stderr)
@@ -121,9 +159,10 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def cli() -> None:
-    """Check config-group names before Hydra composes (its own message puts the choices lines below)."""
+    """Check group names, keys and value types before Hydra composes (its own messages span several lines)."""
     try:
         check_group_overrides(sys.argv[1:])
+        check_key_overrides(sys.argv[1:], CONF_DIR)
     except ValueError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

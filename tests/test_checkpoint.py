@@ -90,16 +90,38 @@ def test_mismatched_checkpoint_is_refused_with_what_differs(micro_checkpoint, tm
     assert str(micro_checkpoint) in str(err.value) and "\n" not in str(err.value)
 
 
-def test_ckpt_path_last_is_the_newest_earlier_run(tmp_path):
+SYNTHETIC = {"objective": "synthetic", "model": "tiny", "algorithm": "meal", "pwn": "net"}
+
+
+def fake_run(runs, name: str, choices: dict | None, age: int) -> None:
+    """A run directory with a checkpoint (mtime now + age) and, unless None, its recorded group choices."""
+    ckpt = runs / name / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"x")
+    os.utime(ckpt, (time.time() + age, time.time() + age))
+    if choices is not None:
+        (runs / name / ".hydra").mkdir()
+        OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": choices}}}), runs / name / ".hydra" / "hydra.yaml")
+
+
+def test_ckpt_path_last_is_the_newest_earlier_run_of_the_same_experiment(tmp_path):
     runs = tmp_path / "outputs" / "train"
-    for i, name in enumerate(["old", "new", "current"]):
-        ckpt = runs / name / "checkpoints" / "last.ckpt"
-        ckpt.parent.mkdir(parents=True)
-        ckpt.write_bytes(b"x")
-        os.utime(ckpt, (time.time() + i, time.time() + i))
-    assert find_last_checkpoint(runs, exclude=runs / "current") == runs / "new" / "checkpoints" / "last.ckpt"
-    cfg = OmegaConf.create({"ckpt_path": "last", "task_name": "train", "paths": {"root_dir": str(tmp_path / "outputs"), "output_dir": str(runs / "current")}})
+    fake_run(runs, "old", SYNTHETIC, 0)
+    fake_run(runs, "new", SYNTHETIC, 1)
+    fake_run(runs, "other_objective", {**SYNTHETIC, "objective": "helpful_harmless"}, 2)
+    fake_run(runs, "other_algorithm", {**SYNTHETIC, "algorithm": "ric", "pwn": "uniform"}, 3)
+    fake_run(runs, "other_conditioning", {**SYNTHETIC, "conditioning": "prefix"}, 4)
+    fake_run(runs, "unrecorded", None, 5)
+    fake_run(runs, "current", SYNTHETIC, 6)
+    assert find_last_checkpoint(runs, exclude=runs / "current") == runs / "unrecorded" / "checkpoints" / "last.ckpt"
+    cfg = OmegaConf.create({"ckpt_path": "last", "task_name": "train", "hydra": {"runtime": {"choices": SYNTHETIC}},
+                            "paths": {"root_dir": str(tmp_path / "outputs"), "output_dir": str(runs / "current")}})
     assert resolve_ckpt_path(cfg) == str(runs / "new" / "checkpoints" / "last.ckpt")
+    cfg.hydra.runtime.choices = {**SYNTHETIC, "model": "smollm2_135m"}
+    with pytest.raises(FileNotFoundError, match="none of the 6 earlier runs .* has objective=synthetic, model=smollm2_135m, algorithm=meal;"):
+        resolve_ckpt_path(cfg)
+    cfg.hydra.runtime.choices = {**SYNTHETIC, "conditioning": "prefix"}  # a group that may appear later is compared too
+    assert resolve_ckpt_path(cfg) == str(runs / "other_conditioning" / "checkpoints" / "last.ckpt")
     with pytest.raises(FileNotFoundError, match="ckpt_path=last: no earlier run has a checkpoint"):
         find_last_checkpoint(tmp_path / "nowhere")
     cfg.ckpt_path = str(tmp_path / "typo.ckpt")
@@ -123,3 +145,17 @@ def test_a_run_never_starts_in_a_directory_that_holds_files(tmp_path, monkeypatc
     RunGuard().on_multirun_start(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "fresh")}}}))
     with pytest.raises(SystemExit):
         RunGuard().on_multirun_start(OmegaConf.create({"hydra": {"sweep": {"dir": str(used)}}}))
+
+
+def test_ckpt_path_last_without_a_matching_run_is_refused_before_a_run_directory_exists(tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "train"
+    fake_run(runs, "synthetic_run", SYNTHETIC, 0)
+    monkeypatch.setattr(sys, "argv", ["meal_pl.train", "objective=helpful_harmless", "ckpt_path=last", f"paths.root_dir={tmp_path}"])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        entry.cli()
+    err = capsys.readouterr().err.splitlines()
+    assert exit_.value.code == 2 and len(err) == 1
+    assert err[0].startswith("error: ckpt_path=last: none of the 1 earlier runs with a checkpoint in ")
+    assert "objective=helpful_harmless, model=tiny, algorithm=meal" in err[0]
+    assert sorted(p.name for p in runs.iterdir()) == ["synthetic_run"]  # no new run directory

@@ -2,6 +2,7 @@
 
 import json
 import warnings
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
@@ -10,6 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
+from meal_pl.callbacks import pareto_eval
 from meal_pl.callbacks.pareto_eval import ParetoEvalCallback
 
 
@@ -170,3 +172,22 @@ def test_pareto_callback_reports_per_group(tmp_path):
 def test_pareto_callback_without_groups_reports_none(tmp_path):
     _fit(tmp_path, FakeModule())
     assert json.loads((tmp_path / "pareto.json").read_text())["groups"] == {}
+
+
+@pytest.mark.parametrize("learnable", [True, False])
+def test_the_final_tensorboard_front_marks_the_pwn_point_only_where_a_pwn_exists(tmp_path, monkeypatch, learnable):
+    figures: list[dict] = []
+    real_plot = pareto_eval.plot_front
+
+    def recording_plot(weights, rewards, names, reference, path=None, extra=None):
+        if path is None:  # the TensorBoard figure (the file pareto.png passes a path)
+            figures.append(dict(extra or {}))
+        return real_plot(weights, rewards, names, reference, path, extra)
+
+    monkeypatch.setattr(pareto_eval, "plot_front", recording_plot)
+    module = FakeModule()
+    module.pwn = SimpleNamespace(learnable=learnable)  # meal's PWN learns; ric's Dirichlet source does not
+    _, callback = _fit(tmp_path, module)
+    assert len(figures) == 3  # steps 0, 2 and the final one (4)
+    assert ("PWN choice" in figures[-1]) is learnable and all("PWN choice" not in f for f in figures[:-1])
+    assert callback.final_report["has_pwn"] is learnable

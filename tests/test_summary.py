@@ -1,31 +1,47 @@
-"""RunSummary: the end-of-run table, with the PWN's weights per prompt group when the data has groups."""
+"""The end-of-run summary: whole paths, PWN lines only where a PWN exists."""
 
-from types import SimpleNamespace
+from meal_pl.callbacks.summary import summary_lines
+from meal_pl.logs import DropAdverts, LogProgress
 
-from meal_pl.callbacks.summary import RunSummary
-
-
-def _trainer(report: dict) -> SimpleNamespace:
-    return SimpleNamespace(is_global_zero=True, global_step=4, default_root_dir="/tmp/run",
-                           callbacks=[SimpleNamespace(final_report=report)])
-
-
-REPORT = {"initial_hypervolume": 0.1, "hypervolume": 0.2, "hypervolume_ratio": None, "objective_names": ["a_to_m", "n_to_z"],
-          "pwn_choice": {"weights": [0.5, 0.5]}}
+REPORT = {
+    "initial_hypervolume": 0.1, "hypervolume": 0.2, "hypervolume_ratio": 0.44, "objective_names": ["a", "b"],
+    "steerability": {"a": 0.5, "b": 0.25}, "pwn_choice": {"weights": [0.7, 0.3], "rewards": [0.4, 0.2]},
+}
 
 
-def test_summary_prints_pwn_weights_per_group(capsys):
+def test_summary_keeps_long_paths_whole_and_shows_the_pwn_only_for_meal(tmp_path):
+    out = tmp_path / ("a_very_long_directory_name_" * 6) / "run"
+    meal = summary_lines(120, 12.3, REPORT, str(out), pwn=True)
+    ric = summary_lines(120, 12.3, REPORT, str(out), pwn=False)
+    assert meal[-1].endswith(str(out.resolve())) and len(meal[-1]) > 200  # no ellipsis, no wrapping
+    assert any("PWN's own preference" in line and "a=0.70, b=0.30" in line for line in meal)
+    assert not any("PWN" in line for line in ric)
+    assert any("0.1000 (initial) -> 0.2000 (final)" in line for line in ric)
+
+
+def test_adverts_are_dropped_and_other_records_pass():
+    import logging
+
+    make = lambda msg: logging.LogRecord("lightning.pytorch.utilities.rank_zero", logging.INFO, "", 0, msg, None, None)  # noqa: E731
+    assert not DropAdverts().filter(make("💡 Tip: For seamless cloud logging ... litlogger"))
+    assert DropAdverts().filter(make("GPU available: False, used: False"))
+
+
+def test_progress_log_interval_is_checked():
+    import pytest
+
+    with pytest.raises(ValueError, match="callbacks.progress_log.every_n_steps=0 must be >= 1"):
+        LogProgress(every_n_steps=0)
+
+
+def test_summary_prints_pwn_weights_per_group():
     groups = {"a": {"num_prompts": 16, "pwn_weights": [0.81, 0.19], "hypervolume": 0.3125},
               "b": {"num_prompts": 16, "pwn_weights": [0.27, 0.73], "hypervolume": None}}
-    RunSummary().on_fit_end(_trainer(REPORT | {"groups": groups}), None)
-    out = capsys.readouterr().out
-    assert "PWN's weights per prompt group" in out and "w a_to_m" in out
-    lines = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 3}
-    assert "0.81" in lines["a"] and "0.19" in lines["a"] and "0.3125" in lines["a"]
-    assert "0.27" in lines["b"] and "0.73" in lines["b"] and "—" in lines["b"]
-
-
-def test_summary_without_groups_has_no_group_table(capsys):
-    RunSummary().on_fit_end(_trainer(REPORT | {"groups": {}}), None)
-    out = capsys.readouterr().out
-    assert "0.1000 (initial) -> 0.2000 (final)" in out and "per prompt group" not in out
+    lines = summary_lines(4, 1.0, REPORT | {"groups": groups}, "/tmp/run", pwn=True)
+    rows = {line.split()[0]: line for line in lines if line.startswith("    ")}
+    assert any("per prompt group" in line for line in lines)
+    assert "a=0.81, b=0.19" in rows["a"] and "HV 0.3125" in rows["a"] and "16 prompts" in rows["a"]
+    assert "a=0.27, b=0.73" in rows["b"] and "HV —" in rows["b"]
+    ric = summary_lines(4, 1.0, REPORT | {"groups": groups}, "/tmp/run", pwn=False)
+    assert not any("0.81" in line for line in ric) and any("HV 0.3125" in line for line in ric)
+    assert not any("per prompt group" in line for line in summary_lines(4, 1.0, REPORT | {"groups": {}}, "/tmp/run", pwn=True))

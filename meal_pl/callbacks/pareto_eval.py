@@ -90,8 +90,10 @@ class ParetoEvalCallback(pl.Callback):
         weights: Tensor,
         rewards: Tensor,
         report: dict,
+        pwn_point: Tensor | None = None,
     ) -> None:
-        """Scalars and the front figure to every logger; hypervolume into callback_metrics for monitors."""
+        """Scalars and the front figure (with the PWN's own point when given) to every logger; hypervolume
+        into callback_metrics for monitors."""
         step = trainer.global_step
         metrics = {
             f"pareto/{key}": report[key]
@@ -115,7 +117,7 @@ class ParetoEvalCallback(pl.Callback):
                     rewards,
                     pl_module.objective_names,
                     pl_module.reference_point,
-                    extra=self._extra(),
+                    extra=self._extra() | ({} if pwn_point is None else {"PWN choice": pwn_point}),
                 )
                 logger.experiment.add_figure("pareto/front", fig, global_step=step, close=False)
                 if pwn is not None:  # the PWN's weights on each prompt group: does it tell the families apart?
@@ -156,8 +158,11 @@ class ParetoEvalCallback(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx
     ) -> None:
         step = trainer.global_step
-        # global_step only moves on optimiser steps; the _last check skips batches that did not step.
+        # global_step only moves on optimiser steps; the _last check skips batches that did not step. The
+        # last step is left to on_train_end, which logs the front with the PWN's own point.
         if step == 0 or step % self.every_n_steps or (self._last is not None and self._last[0] == step):
+            return
+        if trainer.max_steps and trainer.max_steps > 0 and step >= trainer.max_steps:
             return
         weights, rewards, report = self._evaluate(trainer, pl_module)
         self._log(trainer, pl_module, weights, rewards, report)
@@ -167,12 +172,13 @@ class ParetoEvalCallback(pl.Callback):
         """Final front, the PWN's own choice, and the report files (rank zero writes)."""
         already_logged = self._last is not None and self._last[0] == trainer.global_step
         weights, rewards, report = self._evaluate(trainer, pl_module)
-        if not already_logged:
-            self._log(trainer, pl_module, weights, rewards, report)
-            self._warn_if_not_steerable(report)
         pwn_weights, pwn_rewards = _eval_mode(pl_module, pl_module.evaluate_pwn_choice, self._prompts)
         groups, _ = self._group_summary(pl_module)
         pwn_weights, pwn_rewards = pwn_weights.detach().float().cpu(), pwn_rewards.detach().float().cpu()
+        has_pwn = bool(getattr(getattr(pl_module, "pwn", None), "learnable", False))  # ric/linear/soups have none
+        if not already_logged:
+            self._log(trainer, pl_module, weights, rewards, report, pwn_rewards if has_pwn else None)
+            self._warn_if_not_steerable(report)
         self.final_report = {
             **report,
             "step": trainer.global_step,
@@ -183,13 +189,14 @@ class ParetoEvalCallback(pl.Callback):
             "initial_front": None if self.initial_rewards is None else self.initial_rewards.tolist(),
             "pwn_choice": {"weights": pwn_weights.tolist(), "rewards": pwn_rewards.tolist()},
             "groups": groups,  # {} when the evaluation prompts name no groups
+            "has_pwn": has_pwn,
         }
         if not trainer.is_global_zero:
             return
         out_dir = Path(trainer.default_root_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_json_atomic(out_dir / f"{self.filename}.json", self.final_report)
-        extra = self._extra() | {"PWN choice": pwn_rewards}
+        extra = self._extra() | ({"PWN choice": pwn_rewards} if has_pwn else {})
         plot_front(
             weights,
             rewards,

@@ -6,10 +6,20 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
+from rich.console import Console
 
 
 class StepProgressBar(RichProgressBar):
-    """One bar from step 0 to trainer.max_steps; a Meal run is measured in steps, its epochs are incidental."""
+    """One bar from step 0 to trainer.max_steps; a Meal run is measured in steps, its epochs are incidental.
+
+    Off when stdout is not a terminal: piped, rich draws the bar once at the very end, after the summary;
+    train.log has the progress lines (meal_pl.logs.LogProgress) instead.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not Console().is_terminal:
+            self.disable()
 
     @property
     def total_train_batches(self) -> int | float:

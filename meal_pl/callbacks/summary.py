@@ -1,17 +1,57 @@
-"""RunSummary: the few lines a user reads when a run ends."""
+"""RunSummary: the few lines a user reads when a run ends (console and train.log)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import lightning as L
-from rich.console import Console
-from rich.table import Table
+
+from meal_pl.logs import emit
+
+
+def has_pwn(pl_module: L.LightningModule) -> bool:
+    """True when preferences come from a learned preference-weight-net (meal), not a static source (ric, linear)."""
+    return bool(getattr(getattr(pl_module, "pwn", None), "learnable", False))
+
+
+def summary_lines(steps: int, wall_s: float, report: dict | None, outputs: str, pwn: bool) -> list[str]:
+    """`label  value` lines; plain text (not a table), so a piped stdout keeps every path whole."""
+    rows = [("steps", str(steps)), ("wall time", f"{wall_s:.1f} s")]
+    if report:
+        rows.append(("hypervolume", f"{report['initial_hypervolume']:.4f} (initial) -> {report['hypervolume']:.4f} (final)"))
+        if report.get("hypervolume_ratio") is not None:
+            rows.append(("hypervolume / analytic max", f"{report['hypervolume_ratio']:.3f}"))
+        steer = report.get("steerability") or {}
+        if steer:
+            rows.append(("steerability", ", ".join(f"{k}={v:.2f}" for k, v in steer.items())))
+        choice = report.get("pwn_choice")
+        if pwn and choice:
+            names = report.get("objective_names") or [str(i) for i in range(len(choice["weights"]))]
+            rows.append(("PWN's own preference", ", ".join(f"{n}={w:.2f}" for n, w in zip(names, choice["weights"], strict=True))))
+            rows.append(("its mean rewards", ", ".join(f"{n}={r:.3f}" for n, r in zip(names, choice["rewards"], strict=True))))
+    rows.append(("outputs", str(Path(outputs).resolve())))
+    width = max(len(label) for label, _ in rows)
+    lines = ["meal-pl run finished"] + [f"  {label:<{width}}  {value}" for label, value in rows]
+    return lines + (group_lines(report["groups"], report.get("objective_names") or [], pwn) if report and report.get("groups") else [])
+
+
+def group_lines(groups: dict[str, dict], names: list[str], pwn: bool) -> list[str]:
+    """Per prompt group: its prompts, the PWN's mean weights (meal only) and the group's hypervolume."""
+    lines = ["  per prompt group" + (" (the PWN's mean weights, the group's hypervolume)" if pwn else " (hypervolume)")]
+    width = max(len(g) for g in groups)
+    for group, entry in groups.items():
+        weights = entry.get("pwn_weights")
+        shown = ", ".join(f"{n}={w:.2f}" for n, w in zip(names, weights, strict=True)) if pwn and weights else ""
+        hv = entry.get("hypervolume")
+        cells = [f"{entry.get('num_prompts', '')} prompts", shown, "HV " + ("—" if hv is None else f"{hv:.4f}")]
+        lines.append(f"    {group:<{width}}  " + "  ".join(c for c in cells if c))
+    return lines
 
 
 class RunSummary(L.Callback):
-    """Print steps, wall time, hypervolume (initial -> final), where the outputs are, and per prompt group
-    (when the data names groups) the PWN's mean weights and the hypervolume."""
+    """Print steps, wall time, hypervolume (initial -> final), steerability, the PWN's choice (if any), where the
+    outputs are, and per prompt group (when the data names groups) the PWN's mean weights and the hypervolume."""
 
     def __init__(self) -> None:
         self.start = 0.0
@@ -23,36 +63,4 @@ class RunSummary(L.Callback):
         if not trainer.is_global_zero:
             return
         report = next((getattr(cb, "final_report", None) for cb in trainer.callbacks if getattr(cb, "final_report", None)), None)
-        table = Table(title="meal-pl run", show_header=False)
-        table.add_row("steps", str(trainer.global_step))
-        table.add_row("wall time", f"{time.perf_counter() - self.start:.1f} s")
-        if report:
-            table.add_row("hypervolume", f"{report['initial_hypervolume']:.4f} (initial) -> {report['hypervolume']:.4f} (final)")
-            if report.get("hypervolume_ratio") is not None:
-                table.add_row("hypervolume / analytic max", f"{report['hypervolume_ratio']:.3f}")
-            if report.get("steerability"):  # rank correlation of w_k and reward k over the grid (1 = follows w)
-                table.add_row("steerability", ", ".join(f"{n} {v:+.2f}" for n, v in report["steerability"].items()))
-            choice = report.get("pwn_choice")
-            if choice:
-                table.add_row("PWN's own preference", ", ".join(f"{w:.2f}" for w in choice["weights"]))
-        table.add_row("outputs", trainer.default_root_dir)
-        console = Console()
-        console.print(table)
-        if report and report.get("groups"):
-            console.print(group_table(report["groups"], report.get("objective_names") or []))
-
-
-def group_table(groups: dict[str, dict], names: list[str]) -> Table:
-    """One row per prompt group: prompts, the PWN's mean weight on each objective, the group's hypervolume."""
-    table = Table(title="PWN's weights per prompt group")
-    table.add_column("group")
-    table.add_column("prompts", justify="right")
-    for name in names:
-        table.add_column(f"w {name}", justify="right")
-    table.add_column("hypervolume", justify="right")
-    for group, entry in groups.items():
-        weights = entry.get("pwn_weights")
-        cells = [f"{w:.2f}" for w in weights] if weights else ["—"] * len(names)
-        hv = entry.get("hypervolume")
-        table.add_row(group, str(entry.get("num_prompts", "")), *cells, "—" if hv is None else f"{hv:.4f}")
-    return table
+        emit(summary_lines(trainer.global_step, time.perf_counter() - self.start, report, trainer.default_root_dir, has_pwn(pl_module)))

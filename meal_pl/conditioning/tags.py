@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from meal_pl.chat import FLAG as CHAT_FLAG
 from meal_pl.conditioning.base import preference_modules
 
 
@@ -42,15 +43,22 @@ class TextTagConditioner:
     def attach(self, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> None:
         """Register the tag tokens with the tokenizer and grow the model's embeddings to match."""
         tags = [self.tag(n, s) for n in self.names for s in range(self.resolution + 1)]
+        # A chat model (meal_pl.chat) starts every tag near the embedding of the template's last token (the
+        # newline that opens the assistant's turn), where the tags sit: fresh random rows right before the
+        # answer derail a pretrained model into fragments, and word-initialised ones ("helpful 1.00") into
+        # digits. A little noise keeps the tags distinct; training moves them apart.
+        anchor = _turn_opening_token(tokenizer) if getattr(tokenizer, CHAT_FLAG, False) else None
         tokenizer.add_special_tokens({"extra_special_tokens": tags}, replace_extra_special_tokens=False)
         old = model.get_input_embeddings().weight.shape[0]
         if len(tokenizer) > old:
             model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-            # Distinct small random rows: mean-initialised tags would all look alike and steer nothing at first.
             emb = model.get_input_embeddings().weight
             with torch.no_grad(), torch.random.fork_rng():
                 torch.manual_seed(len(tokenizer))
+                # Distinct small random rows: mean-initialised tags would all look alike and steer nothing at first.
                 emb[old:] = emb[:old].mean(0) + 0.5 * emb[:old].std() * torch.randn_like(emb[old:])
+                if anchor is not None:
+                    emb[old:] = emb[anchor] + 0.05 * emb[:old].std() * torch.randn_like(emb[old:])
         ids = tokenizer.convert_tokens_to_ids(tags)
         self.token_ids = torch.tensor(ids, dtype=torch.long).view(len(self.names), self.resolution + 1)
         self.install(model, num_plain_rows=old)
@@ -156,6 +164,12 @@ class TextTagConditioner:
         """Append the tags to left-padded prompts: (B,P) -> (B,P+K) ids and attention mask."""
         tags = self.tag_ids(weights).to(prompt_ids.device)
         return torch.cat([prompt_ids, tags], 1), torch.cat([prompt_mask, torch.ones_like(tags)], 1)
+
+
+def _turn_opening_token(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The last token of the chat template's generation prompt (for ChatML: the newline after `assistant`)."""
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True)
+    return tokenizer(ids, add_special_tokens=False)["input_ids"][-1]
 
 
 def check_preference(weights: list[float] | Tensor, names: list[str]) -> Tensor:
