@@ -43,7 +43,7 @@ class MetaConfig:
     # modes only: `alternating` has no lookahead and fits the PWN onto each prompt's non-dominated samples
     front_prompts: int = 0  # outer=front: held-out prompts per meta step, one grid preference each (0 = the grid's size)
     front_samples: int = 2  # outer=front: J responses per held-out prompt, drawn at theta
-    every_n_steps: int = 1  # the meta step runs every n policy steps, on the rollouts gathered since the last one
+    every_n_steps: int = 8  # the meta step runs every n policy steps, on the rollouts gathered since the last one
     max_prompts: int = 0  # prompts of the gathered rollouts the meta step uses (0 = one batch's worth)
 
     def __post_init__(self) -> None:

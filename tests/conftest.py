@@ -29,6 +29,7 @@ TINY = [
     "callbacks.pareto_eval.num_prompts=4",
     "callbacks.pareto_eval.every_n_steps=2",
     "trainer.max_steps=3",
+    "algorithm.meta.every_n_steps=1",  # runs of a few steps must reach the meta step (default: every 8)
     "~callbacks.progress_bar",
 ]
 
