@@ -230,7 +230,8 @@ def meal_state(module: Any) -> dict[str, Any]:
     """What a MealModule keeps beyond its state_dict: buffers, counters, RNG states, identity, the PWN's optimiser."""
     return {
         "meta_buffer": list(module.meta_buffer), "alt_buffer": module.alt_buffer, "counters": dict(module.counters),
-        "pending": [{f.name: getattr(r, f.name) for f in fields(r)} for r in module.pending],
+        # gen_time is wall-clock, not state: zeroed so that a resumed run's checkpoints equal the uninterrupted ones
+        "pending": [{f.name: 0.0 if f.name == "gen_time" else getattr(r, f.name) for f in fields(r)} for r in module.pending],
         "rng": collect_rng_states(), "identity": module.identity(),
         "pwn_optimizer": None if module.pwn_opt is None else module.pwn_opt.state_dict(),
     }

@@ -40,8 +40,8 @@ def _record(obj: Any) -> dict:
     """One {"prompt", "responses"[, "group"]} record from an HH pair or a prompt-only row; ValueError says what is wrong.
 
     A row may carry an optional "group" string (a prompt family, e.g. "a"/"b" of synthetic_prompted); the
-    Pareto report then gives the PWN's weights and the hypervolume per group. HH files carry none: the
-    shipped set and harmless-base give no honest two-way split (see README), so their groups stay absent.
+    Pareto report then gives the PWN's weights and the hypervolume per group. The shipped set is hand-labelled
+    harmful_request / everyday; harmless-base (all red-team prompts) carries none (see README).
     """
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")

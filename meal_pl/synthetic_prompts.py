@@ -12,6 +12,7 @@ seed, with no files.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from meal_pl.data import ASSISTANT, HUMAN, PromptDataModule
 
@@ -81,39 +82,13 @@ def letter_family_records(
 class LetterFamilyDataModule(PromptDataModule):
     """PromptDataModule over the generated letter-family prompts; the evaluation hold-out is family-balanced."""
 
-    def __init__(
-        self,
-        num_prompts: int = 256,
-        share: float = 0.8,
-        prompt_words: int = 10,
-        response_words: int = 10,
-        responses_per_prompt: int = 2,
-        generator_seed: int = 0,
-        batch_size: int = 8,
-        eval_size: int = 32,
-        max_prompts: int | None = None,
-        seed: int = 0,
-        num_workers: int = 0,
-        split_seed: int = 0,
-        balance_eval_groups: bool = True,
-    ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            eval_size=eval_size,
-            max_prompts=max_prompts,
-            seed=seed,
-            num_workers=num_workers,
-            split_seed=split_seed,
-            balance_eval_groups=balance_eval_groups,
-        )
-        self.generator = dict(
-            num_prompts=num_prompts,
-            share=share,
-            prompt_words=prompt_words,
-            response_words=response_words,
-            responses_per_prompt=responses_per_prompt,
-            seed=generator_seed,
-        )
+    def __init__(self, num_prompts: int = 256, share: float = 0.8, prompt_words: int = 10, response_words: int = 10,
+                 responses_per_prompt: int = 2, generator_seed: int = 0, balance_eval_groups: bool = True,
+                 **datamodule: Any) -> None:
+        """The generator's settings; `datamodule` are PromptDataModule's (batch_size, eval_size, seed, ...)."""
+        super().__init__(balance_eval_groups=balance_eval_groups, **datamodule)
+        self.generator = dict(num_prompts=num_prompts, share=share, prompt_words=prompt_words,
+                              response_words=response_words, responses_per_prompt=responses_per_prompt, seed=generator_seed)
         # Generated now (milliseconds), so bad settings fail when the config is instantiated, not at setup.
         self.records = letter_family_records(**self.generator)
 

@@ -113,3 +113,17 @@ def test_resume_from_an_epoch_end_checkpoint_for_more_steps(uninterrupted, tmp_p
     second = tmp_path / "second"
     metrics = _run(second, f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
     _assert_resumed_equals(_final(second, metrics), uninterrupted)
+
+
+def test_resume_with_rollouts_gathered_for_the_next_meta_step(tmp_path):
+    """Meta step every 3 steps: the checkpoint at step 2 holds 2 gathered rollouts; the resumed run uses them."""
+    gathered = ["algorithm.meta.every_n_steps=3", "algorithm.meta.front_prompts=2"]
+    full = tmp_path / "full"
+    expected = _final(full, _run(full, *gathered))
+    first = tmp_path / "first"
+    _run(first, *gathered, "trainer.max_steps=2")
+    saved = torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)["meal_state"]["pending"]
+    assert len(saved) == 2 and saved[0]["prompts"]
+    second = tmp_path / "second"
+    metrics = _run(second, *gathered, f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
+    _assert_resumed_equals(_final(second, metrics), expected)

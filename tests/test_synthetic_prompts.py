@@ -88,8 +88,10 @@ def test_jsonl_rows_may_name_a_group(tmp_path):
         PromptDataModule(path=str(path)).setup()
 
 
-def test_shipped_hh_set_has_no_groups():
-    dm = PromptDataModule(eval_size=8)
+def test_a_file_without_group_fields_has_no_groups(tmp_path):
+    path = tmp_path / "plain.jsonl"
+    path.write_text("".join(f'{{"prompt": "question {i}?"}}\n' for i in range(20)))
+    dm = PromptDataModule(path=str(path), eval_size=8)
     dm.setup()
     assert dm.eval_groups() == [None] * 8
 
