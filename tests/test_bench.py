@@ -214,7 +214,7 @@ def test_summary_rows_carry_groups_steerability_and_differences():
     assert diffs[("meal", "ric", None)]["hv_diff"] == pytest.approx(0.01)
     lines = report.difference_lines(report.differences(rows))
     assert f"meal - meal_frozen: HV +0.0300 (pooled sd {sd:.4f}, d = {0.03 / sd:+.2f}; 2 + 2 seeds)" in lines
-    assert any(line.startswith("meal - meal_frozen [group b]: HV -0.0100") for line in lines)
+    assert any(line.startswith("meal - meal_frozen (group b): HV -0.0100") for line in lines)
 
     md = report.markdown_table(rows, ["a_to_m", "n_to_z"])
     assert "| steer. a_to_m | steer. n_to_z |" in md and "| +0.95 | +0.50 |" in md

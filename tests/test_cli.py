@@ -18,7 +18,8 @@ from meal_pl.train import train
 def run_dir(tmp_path_factory):
     """One micro LoRA run on the synthetic objective (a few seconds); its directory is what the CLIs read."""
     out = tmp_path_factory.mktemp("run")
-    overrides = TINY + ["objective=synthetic", "model.lora.r=4", "logger=none", "trainer.max_steps=2",
+    # tags: the export below is compared without a preference context (tests/test_conditioning_runs.py covers the rest)
+    overrides = TINY + ["objective=synthetic", "conditioning=tags", "model.lora.r=4", "logger=none", "trainer.max_steps=2",
                         "callbacks.pareto_eval.every_n_steps=100", "callbacks.generations.num_prompts=2"]
     train(compose_train(overrides, out))
     return out

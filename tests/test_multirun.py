@@ -60,7 +60,7 @@ def test_a_failing_job_does_not_lose_the_other_jobs_outputs(tmp_path):
     # train.log: the config summary first, the run summary last; no advertisement on the console.
     log = (sweep / "3" / "train.log").read_text().splitlines()
     assert "run directory: " in log[0] and "[meal_pl.file.progress][INFO] - step 1/1" in "".join(log)
-    assert log[-1].endswith(f"outputs                     {sweep / '3'}") and "meal-pl run finished" in "".join(log[-10:])
+    assert log[-1].endswith(f"outputs                     {sweep / '3'}") and "meal-pl run finished" in "".join(log[-16:])  # the summary, prompt groups included
     assert "error: multirun job 0" in (sweep / "0" / "train.log").read_text().splitlines()[-1]
     assert "💡" not in proc.stdout + proc.stderr and "litlogger" not in proc.stdout + proc.stderr
 

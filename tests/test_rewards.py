@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_train
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from meal_pl.rewards import RewardSet, RunningRewardNorm, hf_classifier
 from meal_pl.rewards.callable import LengthReward, PythonReward
@@ -178,8 +178,8 @@ def test_running_norm_matches_concatenated_batches():
 
 
 @pytest.mark.parametrize("path", OBJECTIVES, ids=lambda p: p.stem)
-def test_objective_configs(path):
-    cfg = OmegaConf.load(path)
+def test_objective_configs(path, tmp_path):
+    cfg = compose_train([f"objective={path.stem}"], tmp_path).objective  # composed: an objective may extend another
     names = list(cfg.rewards)
     assert cfg.name == path.stem and len(names) >= 2
     assert len(cfg.reference_point) == len(names) and cfg.grid_points in (11, 21)

@@ -102,7 +102,7 @@ def difference_lines(diffs: list[dict]) -> list[str]:
     """One line per difference, e.g. 'meal - meal_frozen: HV +0.0123 (pooled sd 0.0050, d = 2.46; 3 + 3 seeds)'."""
     lines = []
     for d in diffs:
-        where = "" if d["group"] is None else f" [group {d['group']}]"
+        where = "" if d["group"] is None else f" (group {d['group']})"  # no [..]: rich reads it as markup
         spread = "pooled sd — (one seed each)" if d["pooled_sd"] is None else f"pooled sd {d['pooled_sd']:.4f}"
         effect = "" if d["d"] is None else f", d = {d['d']:+.2f}"
         lines.append(f"{d['a']} - {d['b']}{where}: HV {d['hv_diff']:+.4f} ({spread}{effect}; "

@@ -30,10 +30,11 @@ def summary_lines(steps: int, wall_s: float, report: dict | None, outputs: str, 
             names = report.get("objective_names") or [str(i) for i in range(len(choice["weights"]))]
             rows.append(("PWN's own preference", ", ".join(f"{n}={w:.2f}" for n, w in zip(names, choice["weights"], strict=True))))
             rows.append(("its mean rewards", ", ".join(f"{n}={r:.3f}" for n, r in zip(names, choice["rewards"], strict=True))))
-    rows.append(("outputs", str(Path(outputs).resolve())))
-    width = max(len(label) for label, _ in rows)
+    width = max(len(label) for label, _ in rows + [("outputs", "")])
     lines = ["meal-pl run finished"] + [f"  {label:<{width}}  {value}" for label, value in rows]
-    return lines + (group_lines(report["groups"], report.get("objective_names") or [], pwn) if report and report.get("groups") else [])
+    if report and report.get("groups"):
+        lines += group_lines(report["groups"], report.get("objective_names") or [], pwn)
+    return lines + [f"  {'outputs':<{width}}  {Path(outputs).resolve()}"]  # last: a piped reader finds it there
 
 
 def group_lines(groups: dict[str, dict], names: list[str], pwn: bool) -> list[str]:
