@@ -1,7 +1,7 @@
-"""CPU seconds per step and peak memory of ric and meal (second_order) as batch, response length and model grow.
+"""CPU seconds per step and peak memory of ric and default meal as batch, response length and model grow.
 
     python benchmarks/scaling.py                 # every point, 5-15 minutes on 2 cores (load-dependent)
-    python benchmarks/scaling.py --steps 4       # fewer steps per point
+    python benchmarks/scaling.py --steps 4       # fewer steps per point (then no meta step of meal is measured)
 
 Each point is one run in its own process (its peak resident memory, ru_maxrss, is its own), composed as
 `python -m meal_pl.bench bench.quick=true` composes it (objective=synthetic, one thread), with the warm
@@ -92,7 +92,7 @@ def growth(rows: list[dict], x: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4, help="measured steps per point")
+    parser.add_argument("--steps", type=int, default=8, help="measured steps per point (8: one of meal's meta steps, every 8 by default)")
     parser.add_argument("--skip", type=int, default=2, help="first steps left out")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "scaling")
     parser.add_argument("--point", help=argparse.SUPPRESS)
