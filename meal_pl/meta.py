@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 
 from meal_pl import distributed, losses
 from meal_pl.rollout import FrontBatch
-from meal_pl.sequences import sequence_logprobs
+from meal_pl.sequences import pack, sequence_logprobs
 
 OuterLoss = Callable[[dict[str, Tensor]], Tensor]  # policy parameters -> L_out
 
@@ -70,6 +70,16 @@ def front_outer(policy: PreTrainedModel, front: FrontBatch, conditioner=None) ->
         logp = sequence_logprobs(policy, front.prefix, front.prefix_mask, front.responses, p, conditioner)
         return losses.front_outer_loss(logp, front.resp_mask, front.rewards, front.weights)
     return loss
+
+
+def outer_objective(outer: str, policy: PreTrainedModel, front: FrontBatch | None, meta_rows: list, pad_id: int,
+                    conditioner=None) -> OuterLoss | None:
+    """The configured L_out, or None when this step has nothing to evaluate it on."""
+    if outer == "front":
+        return front_outer(policy, front, conditioner) if front is not None else None
+    if not meta_rows:
+        return None
+    return nll_outer(policy, pack(meta_rows, pad_id, policy.device), conditioner)
 
 
 def meta_gradient(policy: PreTrainedModel, inner: dict[str, Tensor], meta_loss: OuterLoss,

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from meal_pl import distributed, losses, meta
-from meal_pl.callbacks.rejection_sampling import RolloutCallback
+from meal_pl.callbacks.rejection_sampling import require_rollout_callback
 from meal_pl.checkpoint import (
     check_compatible,
     meal_state,
@@ -30,17 +30,18 @@ from meal_pl.checkpoint import (
     tokenizer_fingerprint,
 )
 from meal_pl.conditioning import TextTagConditioner
+from meal_pl.evaluation import FrontEvaluation
 from meal_pl.limits import check_context, check_prompt_lengths
 from meal_pl.meta import MetaConfig
 from meal_pl.models import apply_lora, fold_lora, is_peft
 from meal_pl.pareto import ideal_hypervolume
 from meal_pl.profiling import section
 from meal_pl.rewards import RewardSet, RunningRewardNorm
-from meal_pl.rollout import Rollout, concat_rollouts, select_prompts
-from meal_pl.sampling import RejectionSampler, encode_prompts, generate_eval_mode, position_ids
-from meal_pl.sequences import conditioned, pack, sequence_logprobs
+from meal_pl.rollout import Rollout, gather
+from meal_pl.sampling import RejectionSampler, generate_eval_mode, position_ids
+from meal_pl.sequences import conditioned, sequence_logprobs
 from meal_pl.sft import warm_start_module
-from meal_pl.step_metrics import step_metrics
+from meal_pl.step_metrics import publish, step_metrics
 
 __all__ = ["MealModule", "MetaConfig"]
 PROMPT_OVERFLOW = ("truncate", "error")
@@ -51,7 +52,7 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the st
 warnings.filterwarnings("ignore", message=r".*no pre-optimization state was saved.*")
 
 
-class MealModule(L.LightningModule):
+class MealModule(FrontEvaluation, L.LightningModule):
     """Bi-level Meta-Aligner: a preference-weight-net over a preference-conditioned LLM policy."""
 
     def __init__(
@@ -173,11 +174,7 @@ class MealModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         """Check for a rollout callback and the prompt lengths; warm start once (never on resume)."""
-        if not any(isinstance(cb, RolloutCallback) for cb in self.trainer.callbacks):
-            raise ValueError(
-                "no rollout callback: callbacks.rejection_sampling is missing (conf/callbacks/default.yaml: _target_: "
-                "meal_pl.callbacks.rejection_sampling.RejectionSampling) and no other RolloutCallback subclass is given"
-            )
+        require_rollout_callback(self.trainer.callbacks)
         datamodule = self.trainer.datamodule
         if datamodule is not None and hasattr(datamodule, "eval_prompts"):
             prompts = list(getattr(datamodule, "train_prompts", [])) + datamodule.eval_prompts()
@@ -236,24 +233,15 @@ class MealModule(L.LightningModule):
 
     def gathered(self, batch_size: int) -> Rollout:
         """The rollouts since the last meta step as one, at most algorithm.meta.max_prompts (0: a batch) prompts."""
-        r, front = concat_rollouts(self.pending, self.tokenizer.pad_token_id), self.pending[-1].front
-        self.pending = []
-        cap = self.meta.max_prompts or batch_size
-        if len(r.prompts) > cap:
-            r = select_prompts(r, torch.randperm(len(r.prompts), device=self.device)[:cap].sort().values)
-        r.front = front
-        return r
+        pending, self.pending = self.pending, []
+        return gather(pending, self.tokenizer.pad_token_id, self.meta.max_prompts or batch_size)
 
     def lookahead_step(self, r: Rollout, new_rows: list, step: dict) -> dict[str, float]:
         """Steps 7-8 with a lookahead: the meta gradient of the chosen outer objective, then the PWN step."""
         rows = ~r.explore
-        if self.meta.outer == "front":
-            outer, has_outer = (meta.front_outer(self.policy, r.front, self.conditioner) if r.front else None), r.front is not None
-        else:
-            meta_rows = list(self.meta_buffer)[-self.meta.meta_batch_size:] or new_rows[: self.meta.meta_batch_size]
-            has_outer = bool(meta_rows)
-            outer = meta.nll_outer(self.policy, pack(meta_rows, self.tokenizer.pad_token_id, self.device), self.conditioner) if has_outer else None
-        ready = bool(rows.any()) and bool((r.selection[rows] > 0).sum() > rows.sum()) and has_outer
+        meta_rows = list(self.meta_buffer)[-self.meta.meta_batch_size:] or new_rows[: self.meta.meta_batch_size]
+        outer = meta.outer_objective(self.meta.outer, self.policy, r.front, meta_rows, self.tokenizer.pad_token_id, self.conditioner)
+        ready = bool(rows.any()) and bool((r.selection[rows] > 0).sum() > rows.sum()) and outer is not None
         # Some prompt has a choice to make - on every rank, as the meta step all-reduces.
         if not distributed.all_ranks(ready, self.device):
             return {}
@@ -296,17 +284,9 @@ class MealModule(L.LightningModule):
             for key, value in counts.items():
                 self.counters[key] += value
             metrics |= {f"count/{k}": float(v) for k, v in self.counters.items()} | meta_logs
-            trainer, step = self.trainer, self.global_step
-            trainer.callback_metrics.update(zip(metrics, torch.tensor(list(metrics.values())).unbind(), strict=True))
             self.log("loss", metrics["train/policy_loss"], prog_bar=True, logger=False, batch_size=len(r.prompts))
             self.log("reward", metrics["reward/scalarized"], prog_bar=True, logger=False, batch_size=len(r.prompts))
-            if step % max(1, trainer.log_every_n_steps) == 0:
-                for logger in self.loggers:
-                    logger.log_metrics(metrics, step=step)
-            experiment = getattr(self.logger, "experiment", None)
-            if hasattr(experiment, "add_histogram") and step % self.histogram_every_n_steps == 0:
-                for k, n in enumerate(self.objective_names):
-                    experiment.add_histogram(f"pwn/weights_{n}", r.weights[:, k].float().cpu(), step)
+            publish(self.trainer, metrics, r.weights, self.objective_names, self.histogram_every_n_steps)
 
     # ----- the policy and the PWN, as the rollout and the evaluation use them -----------------------
     @contextlib.contextmanager
@@ -344,50 +324,3 @@ class MealModule(L.LightningModule):
         suppress = self.conditioner.token_ids.flatten().tolist()
         with conditioned(self.conditioner, self.policy, prefix):
             return generate_eval_mode(self.sampler, self.policy, self.tokenizer, prefix, prefix_mask, suppress, greedy, num_samples, synced)
-
-    # ----- evaluation interface used by ParetoEvalCallback and the CLIs -----------------------------
-    def eval_prompts(self, n: int) -> list[str]:
-        return self.trainer.datamodule.eval_prompts(n)
-
-    @torch.no_grad()
-    def respond(self, prompts: list[str], weights: Tensor) -> list[str]:
-        """One response per prompt under per-prompt preferences (B,K); deterministic for a given policy.
-
-        Sampling (the default) uses its own fixed seed inside a forked RNG, so evaluating neither varies
-        between calls nor moves the training run's random stream; greedy decoding is one flag away.
-        """
-        texts = []
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.eval_seed)
-            for i in range(0, len(prompts), self.eval_batch_size):
-                chunk = slice(i, i + self.eval_batch_size)
-                ids, mask, _ = encode_prompts(self.tokenizer, prompts[chunk], self.max_prompt_length, self.device)
-                prefix, prefix_mask = self.conditioner.condition(ids, mask, self.tag_weights(weights[chunk].to(self.device)))
-                out = self.generate(prefix, prefix_mask, greedy=self.eval_greedy, num_samples=1)
-                texts += self.tokenizer.batch_decode(out, skip_special_tokens=True)
-        return texts
-
-    @torch.no_grad()
-    def evaluate_front_per_prompt(self, prompts: list[str], weights: Tensor) -> Tensor:
-        """Raw rewards (M,P,K) of one response per prompt under each preference of `weights` (M,K)."""
-        M, P = len(weights), len(prompts)
-        return self.rewards(prompts * M, self.respond(prompts * M, weights.repeat_interleave(P, 0))).view(M, P, -1)
-
-    @torch.no_grad()
-    def evaluate_front(self, prompts: list[str], weights: Tensor) -> Tensor:
-        """Mean raw reward (M,K) of responses to `prompts` under each preference of `weights` (M,K)."""
-        return self.evaluate_front_per_prompt(prompts, weights).nanmean(1)
-
-    @torch.no_grad()
-    def pwn_weights(self, prompts: list[str]) -> Tensor:
-        """The PWN's own preference (P,K) for each prompt: no exploration, no generation."""
-        ids, mask, _ = encode_prompts(self.tokenizer, prompts, self.max_prompt_length, self.device)
-        return self.pwn(self.prompt_features(ids, mask)).cpu()
-
-    @torch.no_grad()
-    def evaluate_pwn_choice(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        """The preference the PWN picks by itself (no exploration) and the mean raw reward it reaches."""
-        weights = self.pwn_weights(prompts)
-        raw = self.rewards(prompts, self.respond(prompts, weights))
-        return weights.mean(0), raw.nanmean(0)

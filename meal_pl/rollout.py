@@ -110,3 +110,12 @@ def select_prompts(r: Rollout, index: Tensor) -> Rollout:
         else:
             out[f.name] = v
     return Rollout(**out)
+
+
+def gather(rollouts: list[Rollout], pad_id: int, cap: int) -> Rollout:
+    """`rollouts` as one, at most `cap` prompts of them drawn at random (in order); the newest front batch."""
+    r, front = concat_rollouts(rollouts, pad_id), rollouts[-1].front
+    if len(r.prompts) > cap:
+        r = select_prompts(r, torch.randperm(len(r.prompts), device=r.rewards.device)[:cap].sort().values)
+    r.front = front
+    return r

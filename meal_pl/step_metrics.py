@@ -38,3 +38,17 @@ def step_metrics(r: Rollout, names: list[str], loss: Tensor, kl: Tensor, lr: flo
     metrics["train/lr"] = float(lr)
     counts = {k.removeprefix("count/"): round(v) for k, v in zip(keys[len(values):], host[len(values):], strict=True)}
     return metrics, counts
+
+
+def publish(trainer, metrics: dict[str, float], weights: Tensor, names: list[str], histogram_every_n_steps: int) -> None:
+    """The step's metrics into trainer.callback_metrics (every step), to the loggers (every log_every_n_steps) and
+    the PWN's weights as histograms (every histogram_every_n_steps)."""
+    step = trainer.global_step
+    trainer.callback_metrics.update(zip(metrics, torch.tensor(list(metrics.values())).unbind(), strict=True))
+    if step % max(1, trainer.log_every_n_steps) == 0:
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+    experiment = getattr(trainer.logger, "experiment", None)
+    if hasattr(experiment, "add_histogram") and step % histogram_every_n_steps == 0:
+        for k, n in enumerate(names):
+            experiment.add_histogram(f"pwn/weights_{n}", weights[:, k].float().cpu(), step)

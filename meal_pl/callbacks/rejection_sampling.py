@@ -33,6 +33,15 @@ class RolloutCallback(L.Callback):
         raise NotImplementedError
 
 
+def require_rollout_callback(callbacks: list) -> None:
+    """A run without a rollout callback cannot take a step: say so at start, naming the config key."""
+    if not any(isinstance(cb, RolloutCallback) for cb in callbacks):
+        raise ValueError(
+            "no rollout callback: callbacks.rejection_sampling is missing (conf/callbacks/default.yaml: _target_: "
+            "meal_pl.callbacks.rejection_sampling.RejectionSampling) and no other RolloutCallback subclass is given"
+        )
+
+
 class RejectionSampling(RolloutCallback):
     """Meal's rollout. Sampling and selection settings are the algorithm's (`algorithm.sampler.*`)."""
 
