@@ -49,3 +49,16 @@ def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
 def tiny_cfg(tmp_path):
     """Factory: compose with TINY + extra overrides."""
     return lambda *extra: compose_train(TINY + list(extra), tmp_path)
+
+
+def train_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """`python -m meal_pl.train *args` in-process, as a user's shell runs it: (exit code, stderr)."""
+    import sys
+
+    from meal_pl import train as entry
+
+    monkeypatch.setattr(sys, "argv", ["meal_pl.train", *args])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        entry.cli()
+    return exit_.value.code, capsys.readouterr().err

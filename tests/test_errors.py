@@ -4,7 +4,7 @@ import sys
 
 import pytest
 import torch
-from conftest import TINY, compose_train
+from conftest import TINY, compose_train, train_cli
 
 from meal_pl import train as entry
 from meal_pl.pwn import FixedPreferences
@@ -40,12 +40,8 @@ def test_known_options_deletions_and_other_keys_pass_the_check():
 
 
 def test_cli_prints_one_line_and_exits_2_for_an_unknown_option(monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["meal_pl.train", "objective=nope"])
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    with pytest.raises(SystemExit) as exit_:
-        entry.cli()
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2
+    code, err = train_cli(monkeypatch, capsys, "objective=nope")
+    assert code == 2
     assert err.splitlines() == [
         "error: objective=nope is not a config option; choose one of: helpful_harmless, helpful_harmless_hub, "
         "helpful_harmless_humor_hub, synthetic, synthetic3, synthetic_prompted (files in conf/objective/)"
@@ -54,12 +50,8 @@ def test_cli_prints_one_line_and_exits_2_for_an_unknown_option(monkeypatch, caps
 
 def test_cli_reports_a_run_error_in_one_line_and_keeps_the_traceback_in_the_run_dir(monkeypatch, capsys, tmp_path):
     run_dir, missing = tmp_path / "run", tmp_path / "prompts.jsonl"
-    monkeypatch.setattr(sys, "argv", ["meal_pl.train", f"data.path={missing}", f"hydra.run.dir={run_dir}", *MICRO])
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    with pytest.raises(SystemExit) as exit_:
-        entry.cli()
-    err = capsys.readouterr().err
-    assert exit_.value.code != 0
+    code, err = train_cli(monkeypatch, capsys, f"data.path={missing}", f"hydra.run.dir={run_dir}", *MICRO)
+    assert code != 0
     assert err.splitlines()[0] == (
         f"error: data file not found: {missing} (config key data.path; a relative path is relative to the "
         "directory you run from; data.path=null uses the shipped prompt set)"

@@ -1,10 +1,9 @@
 """Command-line overrides checked before Hydra runs: unknown keys and mistyped values are one line naming the key."""
 
-import sys
 
 import pytest
+from conftest import train_cli
 
-from meal_pl import train as entry
 from meal_pl.config_check import check_key_overrides, nearest
 from meal_pl.runs import CONF_DIR
 
@@ -43,12 +42,8 @@ def test_nearest_keeps_only_the_close_keys():
 
 
 def test_cli_prints_one_line_and_exits_2_for_a_misspelled_key(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(sys, "argv", ["meal_pl.train", "algorithm.sampler.num_sample=3", f"paths.root_dir={tmp_path}"])
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    with pytest.raises(SystemExit) as exit_:
-        entry.cli()
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2
+    code, err = train_cli(monkeypatch, capsys, "algorithm.sampler.num_sample=3", f"paths.root_dir={tmp_path}")
+    assert code == 2
     assert err.splitlines() == [
         "error: algorithm.sampler.num_sample is not a config key; did you mean algorithm.sampler.num_samples? "
         "(prefix it with + to add a new key on purpose)"
