@@ -12,8 +12,9 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from meal_pl.losses import masked_mean, token_logprobs
-from meal_pl.sampling import position_ids
+from meal_pl.losses import masked_mean, relabel, token_logprobs
+from meal_pl.sampling import encode_prompts, position_ids
+from meal_pl.sequences import encode_responses
 
 
 def sft_loss(policy: PreTrainedModel, prefix_ids: Tensor, prefix_mask: Tensor, responses: Tensor, resp_mask: Tensor) -> Tensor:
@@ -59,8 +60,6 @@ def warm_start(
 
 def warm_start_module(module, pairs: list[tuple[str, str]], seed: int = 0) -> list[float]:
     """A MealModule's warm start: SFT on (prompt, response) pairs under the tags of the trade-off each achieves."""
-    from meal_pl.losses import relabel
-
     prompts, responses = [p for p, _ in pairs], [r for _, r in pairs]
     raw = module.rewards(prompts, responses)
     module.reward_norm.update(raw[torch.isfinite(raw).all(-1)])
@@ -76,9 +75,6 @@ def warm_start_module(module, pairs: list[tuple[str, str]], seed: int = 0) -> li
 def tagged_batches(tokenizer, conditioner, prompts: list[str], responses: list[str], tags: Tensor,
                    max_prompt_length: int, max_new_tokens: int, batch_size: int) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
     """(prefix_ids, prefix_mask, responses, resp_mask) batches: each pair under its (S,K) tags."""
-    from meal_pl.sampling import encode_prompts
-    from meal_pl.sequences import encode_responses
-
     batches = []
     for i in range(0, len(prompts), batch_size):
         sl = slice(i, i + batch_size)
