@@ -68,7 +68,7 @@ def reference_model(module):
 def merged_policy(module, preference: list[float] | None) -> tuple[torch.nn.Module, torch.Tensor | None]:
     """A plain transformers copy of the policy (LoRA merged, conditioning merged at `preference`) and that w."""
     conditioner = module.conditioner
-    if preference is None and conditioner.needs_export_preference:
+    if preference is None and conditioner.reads_preference:
         raise ValueError(
             f"conditioning={conditioner.name} is exported merged at one preference: give preference=[w_1,...] "
             f"({len(module.objective_names)} weights summing to 1, for {module.objective_names})"

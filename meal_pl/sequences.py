@@ -34,8 +34,11 @@ def sequence_logprobs(model: PreTrainedModel, prefix: Tensor, prefix_mask: Tenso
 
 def conditioned(conditioner: TextTagConditioner | None, model: PreTrainedModel, prefix: Tensor):
     """The conditioner's preference context for `model` on these tagged prefixes (a no-op without one)."""
-    # Untagged prefixes (the unconditioned TRL peer) run without a preference, as the bare prompts of h(x) do.
-    if conditioner is None or not torch.isin(prefix, conditioner.token_ids.to(prefix.device)).any():
+    # Backends whose w arrives through the tags alone need no context (no per-pass work on the hot path);
+    # untagged prefixes (the unconditioned TRL peer) run without a preference, as the bare prompts of h(x) do.
+    if conditioner is None or not conditioner.reads_preference:
+        return contextlib.nullcontext()
+    if not torch.isin(prefix, conditioner.token_ids.to(prefix.device)).any():
         return contextlib.nullcontext()
     return conditioner.preference(model, conditioner.weights_from_ids(prefix))
 

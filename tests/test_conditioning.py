@@ -119,7 +119,7 @@ def test_merge_matches_conditioned_forward_and_reloads(backend, tmp_path):
     merged.save_pretrained(tmp_path)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     torch.testing.assert_close(logits(reloaded, ids[1:], mask[1:]), expected, atol=1e-5, rtol=0)
-    if cond.needs_export_preference:  # merged at the other preference: a different model
+    if cond.reads_preference:  # merged at the other preference: a different model
         other = cond.merge(copy.deepcopy(model), W[0])
         assert not torch.allclose(logits(other, ids[1:], mask[1:]), expected, atol=1e-3)
 
@@ -283,7 +283,7 @@ def fake_module(backend: str, lora: bool):
 def test_export_merges_at_the_given_preference(backend, lora, tmp_path):
     module, ids, mask = fake_module(backend, lora)
     cond = module.conditioner
-    if cond.needs_export_preference:
+    if cond.reads_preference:
         with pytest.raises(ValueError, match=r"conditioning=.* give preference=\["):
             export.export(module, tmp_path / "x")
     out = export.export(module, tmp_path / "out", preference=[0.3, 0.7])

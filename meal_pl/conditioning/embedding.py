@@ -42,7 +42,7 @@ class EmbeddingConditioner(TextTagConditioner):
     """Tags plus a learned map of w added to the input embeddings."""
 
     name = "embedding"
-    needs_export_preference = True
+    reads_preference = True
 
     def install(self, model: PreTrainedModel, num_plain_rows: int) -> None:
         _, std = embedding_stats(model, num_plain_rows)

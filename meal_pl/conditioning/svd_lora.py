@@ -66,7 +66,7 @@ class SVDLoRAConditioner(TextTagConditioner):
     """Tags plus preference-scaled SVD adapters on the named linear layers."""
 
     name = "svd_lora"
-    needs_export_preference = True
+    reads_preference = True
 
     def __init__(
         self,

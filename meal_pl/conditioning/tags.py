@@ -24,7 +24,7 @@ class TextTagConditioner:
     """Preference -> K special tag tokens appended after the prompt."""
 
     name = "tags"
-    needs_export_preference = False  # True where the exported model depends on w (merged at one preference)
+    reads_preference = False  # True where the network reads w beyond the tags: a preference context per forward, export at one w
 
     def __init__(self, names: list[str], resolution: int = 20) -> None:
         if resolution < 1:
