@@ -105,6 +105,29 @@ def preference_regression(pwn_weights: Tensor, target_weights: Tensor) -> Tensor
     return (target * (target.log() - pwn_weights.clamp(min=1e-8).log())).sum(-1).mean()
 
 
+def shortfall(rewards: Tensor, valid: Tensor, weights: Tensor) -> Tensor:
+    """Where each prompt's responses fall short of other prompts' at the same requested preference. (P,K).
+
+    rewards (P,N,K) normalised, valid (P,N), weights (P,K) the preferences the samples were drawn under. A
+    prompt's mean reward per objective is compared with a least-squares fit of every prompt's mean reward on
+    its preference (intercept + the simplex's K-1 free coordinates), so that asking for little of objective k
+    is not counted as falling short on k; the residuals are standardised per objective. Negative e_ik: prompt
+    i is weak on objective k for what was asked. Prompts without a valid sample, and every prompt when fewer
+    than K+1 have one (no fit), get 0.
+    """
+    v = valid.to(rewards.dtype)
+    means = (rewards.nan_to_num(0.0) * v[..., None]).sum(1) / v.sum(1, keepdim=True).clamp(min=1)
+    out = torch.zeros_like(means)
+    has = valid.any(1)
+    if int(has.sum()) <= weights.shape[-1]:
+        return out
+    w, y = weights[has].to(means.dtype), means[has]
+    design = torch.cat([torch.ones_like(w[:, :1]), w[:, :-1]], -1)
+    residual = y - design @ torch.linalg.lstsq(design, y).solution
+    out[has] = residual / residual.std(0, keepdim=True).clamp(min=1e-6)
+    return out
+
+
 def grid_assignment(num_prompts: int, grid: Tensor, offset: int = 0) -> Tensor:
     """Preference of each held-out meta prompt: the evaluation grid cycled over the prompts. (P,K).
 

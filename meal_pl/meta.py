@@ -1,8 +1,8 @@
 """The meta-learner's step (METHOD.md steps 7-8) as functions of explicit parameters and tensors.
 
-`meta_gradient` gives dL_out/da_ij through a one-step lookahead of the policy; `pwn_step` chains it into
-the PWN and regresses the PWN onto optimised preference logits; `alternating_batch` turns the buffered
-statistics of the `alternating` mode into the same inputs.
+`meta_gradient` gives dL_out/da_ij through a one-step lookahead of the policy and `selection_surrogate` turns it
+into a loss of the PWN's weights; `pwn_step` takes that loss into the PWN and regresses the PWN onto optimised
+preference logits; `alternating_batch` builds the loss from the buffered statistics of the `alternating` mode.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from meal_pl.sequences import pack, sequence_logprobs
 OuterLoss = Callable[[dict[str, Tensor]], Tensor]  # policy parameters -> L_out
 
 LOOKAHEADS = ("second_order", "first_order", "alternating")
-OUTERS = ("nondominated_nll", "front")
+OUTERS = ("nondominated_nll", "front", "shortfall")
 
 
 @dataclass
@@ -39,8 +39,9 @@ class MetaConfig:
     regression_weight: float = 1.0  # weight of KL(softmax(z*) || PWN) in the PWN loss
     exploration: float = 0.0  # probability a prompt's preference is a Dirichlet(1) draw
     frozen: bool = False  # ablation: never update the PWN
-    outer: str = "front"  # what a good preference is for (METHOD.md step 7): front | nondominated_nll; lookahead
-    # modes only: `alternating` has no lookahead and fits the PWN onto each prompt's non-dominated samples
+    outer: str = "front"  # what a good preference is for (METHOD.md step 7): front | nondominated_nll (lookahead
+    # modes) | shortfall (alternating only: the objectives a prompt falls short on; otherwise `alternating` fits
+    # the PWN onto each prompt's non-dominated samples)
     front_prompts: int = 0  # outer=front: held-out prompts per meta step, one grid preference each (0 = the grid's size)
     front_samples: int = 2  # outer=front: J responses per held-out prompt, drawn at theta
     every_n_steps: int = 8  # the meta step runs every n policy steps, on the rollouts gathered since the last one
@@ -53,6 +54,9 @@ class MetaConfig:
             raise ValueError(f"algorithm.meta.exploration={self.exploration} must be in [0, 1]")
         if self.outer not in OUTERS:
             raise ValueError(f"algorithm.meta.outer={self.outer!r}; choose one of {OUTERS}")
+        if self.outer == "shortfall" and self.lookahead != "alternating":
+            raise ValueError(f"algorithm.meta.outer=shortfall takes no lookahead, but algorithm.meta.lookahead="
+                             f"{self.lookahead}; set algorithm.meta.lookahead=alternating")
         if self.every_n_steps < 1 or self.front_samples < 2 or self.front_prompts < 0 or self.max_prompts < 0:
             raise ValueError(f"algorithm.meta: every_n_steps={self.every_n_steps} must be >= 1, front_samples="
                              f"{self.front_samples} >= 2 (a baseline needs two), front_prompts and max_prompts >= 0")
@@ -136,27 +140,34 @@ def meta_gradient(policy: PreTrainedModel, inner: dict[str, Tensor], meta_loss: 
     return grad.view(B, N).detach(), l_out0.detach()
 
 
-def pwn_step(pwn: nn.Module, optimizer: torch.optim.Optimizer, features: Tensor, weights: Tensor, rewards: Tensor,
-             keep: Tensor, meta_grad: Tensor, rows: Tensor, tau: float, cfg: MetaConfig, clip: float) -> dict[str, float]:
-    """Steps 7-8 on the PWN: exact meta gradient via the surrogate, plus regression onto optimised z.
+def selection_surrogate(pwn: nn.Module, drawn: Tensor, rewards: Tensor, keep: Tensor, meta_grad: Tensor, tau: float
+                        ) -> Callable[[Tensor], Tensor]:
+    """L(w) = sum_ij a_ij(w) dL_out/da_ij: its gradient in the PWN's output w is the exact meta gradient.
 
-    `weights` (B,K) are the preferences the rollout used; a `dirichlet` proposal's draws are re-expressed as
+    `drawn` (B,K) are the preferences the rollout used; a `dirichlet` proposal's draws are re-expressed as
     functions of the PWN's output (implicit reparameterisation), a `point` proposal's are the output itself.
+    """
+    return lambda w: losses.pwn_meta_loss(losses.selection_weights(pwn.differentiable(w, drawn), rewards, keep, tau), meta_grad)
+
+
+def shortfall_surrogate(shortfall: Tensor) -> Callable[[Tensor], Tensor]:
+    """L(w) = mean_i w_i . e_i (`outer=shortfall`): lowered by moving weight to the objectives a prompt falls short on."""
+    return lambda w: (w * shortfall.detach()).sum(-1).mean()
+
+
+def pwn_step(pwn: nn.Module, optimizer: torch.optim.Optimizer, features: Tensor, surrogate: Callable[[Tensor], Tensor],
+             cfg: MetaConfig, clip: float) -> dict[str, float]:
+    """Steps 7-8 on the PWN: the meta loss `surrogate` of its weights on `features`, plus regression onto optimised z.
+
     Called on every rank or on none; the gradients are averaged across ranks before the step.
     """
     T = getattr(pwn, "temperature", 1.0)
-    logits = pwn.logits(features[rows])
-    r, k, g, drawn = rewards[rows], keep[rows], meta_grad[rows], weights[rows]
-
-    def surrogate(z: Tensor) -> Tensor:
-        w = pwn.differentiable(torch.softmax(z / T, -1), drawn)
-        return losses.pwn_meta_loss(losses.selection_weights(w, r, k, tau), g)
-
-    meta_loss = surrogate(logits)
+    logits = pwn.logits(features)
+    meta_loss = surrogate(torch.softmax(logits / T, -1))
     z = logits.detach().clone()
     for _ in range(cfg.preference_steps):
         z.requires_grad_(True)
-        (gz,) = torch.autograd.grad(surrogate(z), z)
+        (gz,) = torch.autograd.grad(surrogate(torch.softmax(z / T, -1)), z)
         z = (z - cfg.preference_lr * gz / gz.norm(dim=-1, keepdim=True).clamp(min=1e-12)).detach()
     regression = losses.preference_regression(torch.softmax(logits / T, -1), torch.softmax(z / T, -1))
     total = meta_loss + cfg.regression_weight * regression
@@ -172,17 +183,18 @@ def pwn_step(pwn: nn.Module, optimizer: torch.optim.Optimizer, features: Tensor,
             "meta/z_shift": float((torch.softmax(z / T, -1) - torch.softmax(logits.detach() / T, -1)).abs().sum(-1).mean())}
 
 
-def alternating_batch(buffer: list[tuple[Tensor, ...]], device: torch.device | str
-                      ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """`alternating`: (features, weights, rewards, valid, meta_grad, rows) for pwn_step from k buffered steps.
+def alternating_batch(buffer: list[tuple[Tensor, ...]], device: torch.device | str, pwn: nn.Module, tau: float,
+                      outer: str) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """`alternating`: the PWN step's (features, surrogate) from k buffered steps' detached statistics; no lookahead.
 
-    No lookahead. Target: preferences under which soft selection concentrates on the prompt's non-dominated
-    samples, i.e. trade-offs the policy can actually reach for that prompt (dL/da_ij = -nd_ij / B).
+    outer=shortfall: move each prompt's weight to the objectives it falls short on (`losses.shortfall` over
+    the k steps' prompts). Otherwise: preferences under which soft selection concentrates on the prompt's
+    non-dominated samples, i.e. trade-offs the policy can already reach for that prompt (dL/da_ij = -nd_ij / B).
     """
     features, weights, rewards, valid, nd = (torch.cat(t).to(device) for t in zip(*buffer, strict=True))
-    meta_grad = -nd.float() / len(features)
-    rows = torch.ones(len(features), dtype=torch.bool, device=device)
-    return features, weights, rewards, valid, meta_grad, rows
+    if outer == "shortfall":
+        return features, shortfall_surrogate(losses.shortfall(rewards, valid, weights))
+    return features, selection_surrogate(pwn, weights, rewards, valid, -nd.float() / len(features), tau)
 
 
 def buffer_rows(prefix: Tensor, prefix_mask: Tensor, responses: Tensor, resp_mask: Tensor, non_dominated: Tensor

@@ -102,7 +102,9 @@ class MealModule(FrontEvaluation, L.LightningModule):
         self.beta, self.warmup_steps, self.gradient_clip_val = beta, warmup_steps, gradient_clip_val
         self.max_prompt_length, self.prompt_overflow, self.eval_batch_size = max_prompt_length, prompt_overflow, eval_batch_size
         self.eval_greedy, self.eval_seed = eval_greedy, eval_seed
-        self.warm_start_steps, self.warm_start_lr, self.warm_start_batch_size = warm_start_steps, warm_start_lr, warm_start_batch_size
+        # An objective whose premise needs a warm start of its own length (synthetic_prompted) sets it; it wins.
+        warm_start_steps = objective.get("warm_start_steps", None) if objective.get("warm_start_steps", None) is not None else warm_start_steps
+        self.warm_start_steps, self.warm_start_lr, self.warm_start_batch_size = int(warm_start_steps), warm_start_lr, warm_start_batch_size
         self.histogram_every_n_steps, self.accumulate_grad_batches = histogram_every_n_steps, accumulate_grad_batches
         # Unconditioned baselines (linear, soups): every prompt carries the uniform tag in training and
         # evaluation, so preferences act through selection only and a front must come from separate policies.
@@ -211,18 +213,16 @@ class MealModule(FrontEvaluation, L.LightningModule):
         new_rows = meta.buffer_rows(r.prefix, r.prefix_mask, r.responses, r.resp_mask, r.non_dominated)
         logs: dict[str, float] = {}
         learn_pwn = getattr(self.pwn, "learnable", False) and not self.meta.frozen
-        step = dict(pwn=self.pwn, optimizer=self.pwn_opt, tau=self.sampler.tau, cfg=self.meta, clip=self.gradient_clip_val)
         if learn_pwn and self.meta.lookahead == "alternating":
             self.alt_buffer.append((r.features.cpu(), r.weights.cpu(), r.rewards.cpu(), r.valid.cpu(), r.non_dominated.cpu()))
             if len(self.alt_buffer) >= self.meta.alternating_every:
-                features, weights, rewards, valid, meta_grad, rows = meta.alternating_batch(self.alt_buffer, self.device)
+                features, surrogate = meta.alternating_batch(self.alt_buffer, self.device, self.pwn, self.sampler.tau, self.meta.outer)
                 self.alt_buffer = []
-                logs = meta.pwn_step(features=features, weights=weights, rewards=rewards, keep=valid, meta_grad=meta_grad,
-                                     rows=rows, **step)
+                logs = meta.pwn_step(self.pwn, self.pwn_opt, features, surrogate, self.meta, self.gradient_clip_val)
         elif learn_pwn:
             self.pending.append(r)
             if len(self.pending) >= self.meta.every_n_steps:
-                logs = self.lookahead_step(self.gathered(len(r.prompts)), new_rows, step)
+                logs = self.lookahead_step(self.gathered(len(r.prompts)), new_rows)
         self.meta_buffer.extend(new_rows)
         return logs
 
@@ -236,7 +236,7 @@ class MealModule(FrontEvaluation, L.LightningModule):
         pending, self.pending = self.pending, []
         return gather(pending, self.tokenizer.pad_token_id, self.meta.max_prompts or batch_size)
 
-    def lookahead_step(self, r: Rollout, new_rows: list, step: dict) -> dict[str, float]:
+    def lookahead_step(self, r: Rollout, new_rows: list) -> dict[str, float]:
         """Steps 7-8 with a lookahead: the meta gradient of the chosen outer objective, then the PWN step."""
         rows = ~r.explore
         meta_rows = list(self.meta_buffer)[-self.meta.meta_batch_size:] or new_rows[: self.meta.meta_batch_size]
@@ -249,9 +249,9 @@ class MealModule(FrontEvaluation, L.LightningModule):
         has_choice = (r.selection > 0).sum(-1) > 1
         meta_grad, l_out = meta.meta_gradient(self.policy, r.inner(), outer, r.selection, self.meta.lookahead,
                                               self.meta.inner_lr, self.beta, rows & has_choice, self.conditioner)
+        surrogate = meta.selection_surrogate(self.pwn, r.weights[rows], r.rewards[rows], r.keep[rows], meta_grad[rows], self.sampler.tau)
         logs = {"meta/outer_loss": float(l_out)}
-        return logs | meta.pwn_step(features=r.features, weights=r.weights, rewards=r.rewards, keep=r.keep,
-                                    meta_grad=meta_grad, rows=rows, **step)
+        return logs | meta.pwn_step(self.pwn, self.pwn_opt, r.features[rows], surrogate, self.meta, self.gradient_clip_val)
 
     def base_step(self, r: Rollout, batch_idx: int) -> tuple[Tensor, Tensor]:
         """Step 6 on the policy. With accumulate_grad_batches=k, one update per k batches of 1/k-scaled losses;

@@ -68,7 +68,7 @@ def test_baseline_configs(overrides, source, tau, relabel, neutral, tmp_path):
     assert (algo.sampler.tau, algo.sampler.relabel, algo.neutral_tags) == (tau, relabel, neutral)
 
 
-@pytest.mark.parametrize("method", ["ric", "meal", "meal_first_order", "meal_alternating", "meal_frozen"])
+@pytest.mark.parametrize("method", ["ric", "meal", "meal_first_order", "meal_alternating", "meal_shortfall", "meal_frozen"])
 def test_single_policy_method_trains_and_reports_a_front(method, tmp_path):
     result = run_single(compose_train(MICRO + METHODS[method].overrides, tmp_path), warmup_steps=0)
     assert_loss_falls(result["policy_loss"])

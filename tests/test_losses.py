@@ -164,3 +164,27 @@ def test_grid_assignment_cycles_the_grid():
     assert used == {tuple(row) for row in grid.tolist()}
     with pytest.raises(ValueError, match="num_prompts"):
         losses.grid_assignment(0, grid)
+
+
+def test_shortfall_compares_prompts_at_the_same_preference():
+    # Pairs of prompts at w_a = 1, 0, 0.5 whose mean a-rewards lie on a line (0.9, 0.1, 0.5): the fit is that line,
+    # and within each pair the second prompt falls 0.1 short on a (and is 0.1 ahead on b, whose rewards are 1 - a).
+    weights = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.5, 0.5], [0.5, 0.5]])
+    a = torch.tensor([1.0, 0.8, 0.2, 0.0, 0.6, 0.4])
+    rewards = torch.stack([a, 1 - a], -1)[:, None, :].expand(6, 2, 2).clone()
+    valid = torch.ones(6, 2, dtype=torch.bool)
+    valid[1, 1] = False  # an invalid sample is left out of its prompt's mean
+    rewards[1, 1] = torch.tensor([-50.0, 50.0])
+    e = losses.shortfall(rewards, valid, weights)
+    std = (6 * 0.01 / 5) ** 0.5  # residuals +-0.1, standardised by their (unbiased) std
+    expected = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0]) * 0.1 / std
+    torch.testing.assert_close(e, torch.stack([expected, -expected], -1))
+
+
+def test_shortfall_needs_more_prompts_than_objectives_and_skips_prompts_without_a_valid_sample():
+    weights = torch.rand(5, 2).softmax(-1)
+    assert losses.shortfall(torch.rand(2, 3, 2), torch.ones(2, 3, dtype=torch.bool), weights[:2]).abs().sum() == 0
+    valid = torch.ones(5, 3, dtype=torch.bool)
+    valid[0] = False
+    e = losses.shortfall(torch.rand(5, 3, 2), valid, weights)
+    assert e[0].abs().sum() == 0 and e[1:].abs().sum() > 0

@@ -146,3 +146,24 @@ def test_alternating_mode_gives_nonzero_pwn_gradient():
     sel = losses.selection_weights(module.pwn(features), rewards, valid, module.sampler.tau)
     (grad,) = torch.autograd.grad(losses.pwn_meta_loss(sel, -nd.double() / B), [module.pwn.mlp[-1].weight])
     assert grad.abs().sum() > 0
+
+
+def test_shortfall_target_moves_each_prompt_group_to_the_objective_it_falls_short_on():
+    # Two prompt groups at the same preferences: group 0's responses score lower on objective b, group 1's on a.
+    torch.manual_seed(0)
+    pwn = PreferenceWeightNet(feature_dim=4, num_objectives=2, hidden_dim=8)
+    features = torch.cat([torch.randn(8, 4) + 2, torch.randn(8, 4) - 2])
+    weights = torch.distributions.Dirichlet(torch.ones(2)).sample((16,))
+    lean = torch.tensor([0.2, -0.2]).repeat_interleave(8)[:, None, None]
+    rewards = weights[:, None, :] + torch.stack([lean, -lean], -1).squeeze(-2).expand(16, 3, 2) + 0.01 * torch.randn(16, 3, 2)
+    buffer = [(features, weights, rewards, torch.ones(16, 3, dtype=torch.bool), torch.ones(16, 3, dtype=torch.bool))]
+    opt = torch.optim.Adam(pwn.parameters(), lr=1e-2)
+    for _ in range(30):
+        meta.pwn_step(pwn, opt, *meta.alternating_batch(buffer, "cpu", pwn, 0.5, "shortfall"), MetaConfig(lookahead="alternating", outer="shortfall"), 1.0)
+    w = pwn(features)
+    assert w[:8, 1].mean() > 0.6 and w[8:, 0].mean() > 0.6  # more weight where each group falls short
+
+
+def test_shortfall_refuses_a_lookahead():
+    with pytest.raises(ValueError, match="outer=shortfall takes no lookahead.*lookahead=alternating"):
+        MetaConfig(lookahead="second_order", outer="shortfall")

@@ -111,3 +111,14 @@ def test_objective_alone_selects_the_prompted_data(tmp_path):
     # an explicit data choice on the command line still wins
     explicit = compose_train(TINY + ["objective=synthetic_prompted", "data=default"], tmp_path)
     assert explicit.data._target_ == "meal_pl.data.PromptDataModule"
+
+
+def test_the_objectives_warm_start_length_wins_for_every_method(tmp_path):
+    from meal_pl.train import build_run
+
+    for algorithm in ("meal", "ric"):
+        cfg = compose_train(TINY + ["objective=synthetic_prompted", f"algorithm={algorithm}", "algorithm.warm_start_steps=3",
+                                    "objective.warm_start_steps=5"], tmp_path)
+        assert build_run(cfg)[1].warm_start_steps == 5
+    assert compose_train(TINY + ["objective=synthetic_prompted"], tmp_path).objective.warm_start_steps == 400
+    assert build_run(compose_train(TINY + ["algorithm.warm_start_steps=3"], tmp_path))[1].warm_start_steps == 3

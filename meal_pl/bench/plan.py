@@ -27,6 +27,10 @@ METHODS = {
     "meal_alternating": Method(
         "single", ["algorithm=meal", "algorithm.meta.lookahead=alternating"], "Meal, alternating PWN fits"
     ),
+    "meal_shortfall": Method(
+        "single", ["algorithm=meal", "algorithm.meta.lookahead=alternating", "algorithm.meta.outer=shortfall"],
+        "Meal, PWN moved to the objectives each prompt falls short on",
+    ),
     "meal_frozen": Method(
         "single", ["algorithm=meal", "algorithm.meta.frozen=true"], "Meal with the PWN never updated (ablation)"
     ),
