@@ -28,7 +28,7 @@ from pathlib import Path
 
 from common import NO_EVAL, ROOT, StepClock, quick_config
 
-METHODS = {"ric": "ric", "meal": "meal"}  # meal = second_order, the default
+METHODS = {"ric": "ric", "meal": "meal"}  # meal = the default (alternating, outer=shortfall)
 QUICK = {"name": "quick", "overrides": []}  # the bench's quick model
 TINY = {"name": "tiny", "overrides": ["model.hidden_size=192", "model.num_layers=4", "model.num_heads=4",
                                       "model.intermediate_size=512", "model.vocab_size=2048"]}  # conf/model/tiny.yaml

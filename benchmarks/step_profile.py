@@ -1,7 +1,7 @@
 """Where a training step's CPU time goes, for ric and each Meal mode at the bench's quick sizes
 (objective=synthetic by default, as the issue's quick bench).
 
-    python benchmarks/step_profile.py                    # ric, meal, meal_first_order, meal_alternating
+    python benchmarks/step_profile.py                    # ric, meal, meal_second_order, meal_first_order, meal_alternating
     python benchmarks/step_profile.py --steps 12 ric     # fewer steps, some methods
     python benchmarks/step_profile.py --objective helpful_harmless
 
@@ -29,7 +29,7 @@ from common import NO_EVAL, ROOT, StepClock, quick_config
 from meal_pl import profiling
 from meal_pl.train import build_run
 
-METHODS = ["ric", "meal", "meal_first_order", "meal_alternating"]
+METHODS = ["ric", "meal", "meal_second_order", "meal_first_order", "meal_alternating"]
 PARTS = ["propose", "generate", "score", "select", "reference", "meta", "base", "optimiser", "logging", "rest"]
 MODEL_WORK = {"generate", "score", "reference", "base"}
 META_WORK = {"propose", "meta"}  # the PWN's and the lookahead's passes: model work for Meal, none for ric

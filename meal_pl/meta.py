@@ -29,7 +29,7 @@ OUTERS = ("nondominated_nll", "front", "shortfall")
 class MetaConfig:
     """The meta-learner's step (METHOD.md steps 7-8)."""
 
-    lookahead: str = "second_order"  # second_order | first_order | alternating
+    lookahead: str = "alternating"  # alternating | second_order | first_order
     inner_lr: float = 0.1  # alpha of the one-step lookahead theta' = theta - alpha grad L_in
     meta_batch_size: int = 16  # non-dominated responses in the held-out meta batch
     buffer_size: int = 64  # past non-dominated responses the meta batch is drawn from
@@ -39,9 +39,9 @@ class MetaConfig:
     regression_weight: float = 1.0  # weight of KL(softmax(z*) || PWN) in the PWN loss
     exploration: float = 0.0  # probability a prompt's preference is a Dirichlet(1) draw
     frozen: bool = False  # ablation: never update the PWN
-    outer: str = "front"  # what a good preference is for (METHOD.md step 7): front | nondominated_nll (lookahead
-    # modes) | shortfall (alternating only: the objectives a prompt falls short on; otherwise `alternating` fits
-    # the PWN onto each prompt's non-dominated samples)
+    outer: str | None = None  # what a good preference is for (METHOD.md step 7); None = the lookahead's own:
+    # front (v2) | nondominated_nll (v1) for second_order / first_order; shortfall (the objectives a prompt falls
+    # short on) | nondominated_nll (fit each prompt's non-dominated samples) for alternating
     front_prompts: int = 0  # outer=front: held-out prompts per meta step, one grid preference each (0 = the grid's size)
     front_samples: int = 2  # outer=front: J responses per held-out prompt, drawn at theta
     every_n_steps: int = 8  # the meta step runs every n policy steps, on the rollouts gathered since the last one
@@ -52,11 +52,16 @@ class MetaConfig:
             raise ValueError(f"algorithm.meta.lookahead={self.lookahead!r}; choose one of {LOOKAHEADS}")
         if not 0 <= self.exploration <= 1:
             raise ValueError(f"algorithm.meta.exploration={self.exploration} must be in [0, 1]")
+        if self.outer is None:
+            self.outer = "shortfall" if self.lookahead == "alternating" else "front"
         if self.outer not in OUTERS:
             raise ValueError(f"algorithm.meta.outer={self.outer!r}; choose one of {OUTERS}")
         if self.outer == "shortfall" and self.lookahead != "alternating":
             raise ValueError(f"algorithm.meta.outer=shortfall takes no lookahead, but algorithm.meta.lookahead="
-                             f"{self.lookahead}; set algorithm.meta.lookahead=alternating")
+                             f"{self.lookahead}; set algorithm.meta.lookahead=alternating (or outer=front)")
+        if self.outer == "front" and self.lookahead == "alternating":
+            raise ValueError("algorithm.meta.outer=front differentiates through a lookahead, which algorithm.meta.lookahead="
+                             "alternating does not take; set lookahead=second_order or first_order (or outer=shortfall)")
         if self.every_n_steps < 1 or self.front_samples < 2 or self.front_prompts < 0 or self.max_prompts < 0:
             raise ValueError(f"algorithm.meta: every_n_steps={self.every_n_steps} must be >= 1, front_samples="
                              f"{self.front_samples} >= 2 (a baseline needs two), front_prompts and max_prompts >= 0")

@@ -117,7 +117,7 @@ def test_resume_from_an_epoch_end_checkpoint_for_more_steps(uninterrupted, tmp_p
 
 def test_resume_with_rollouts_gathered_for_the_next_meta_step(tmp_path):
     """Meta step every 3 steps: the checkpoint at step 2 holds 2 gathered rollouts; the resumed run uses them."""
-    gathered = ["algorithm.meta.every_n_steps=3", "algorithm.meta.front_prompts=2"]
+    gathered = ["algorithm.meta.lookahead=second_order", "algorithm.meta.every_n_steps=3", "algorithm.meta.front_prompts=2"]
     full = tmp_path / "full"
     expected = _final(full, _run(full, *gathered))
     first = tmp_path / "first"

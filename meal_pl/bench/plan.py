@@ -20,16 +20,19 @@ METHODS = {
     "ric": Method("single", ["algorithm=ric"], "Dirichlet(1) preferences, hard best-of-N, no PWN (RiC style)"),
     "linear": Method("linear", ["algorithm=linear"], "one unconditioned policy per grid vector (MORLHF style)"),
     "soups": Method("soups", ["algorithm=soups"], "one policy per objective, front by weight interpolation"),
-    "meal": Method("single", ["algorithm=meal", "algorithm.meta.lookahead=second_order"], "Meal, exact lookahead"),
+    "meal": Method(
+        "single", ["algorithm=meal"],
+        "Meal, the default: alternating PWN fits towards the objectives each prompt falls short on (outer=shortfall)",
+    ),
+    "meal_second_order": Method(
+        "single", ["algorithm=meal", "algorithm.meta.lookahead=second_order"], "Meal, exact lookahead, outer=front"
+    ),
     "meal_first_order": Method(
-        "single", ["algorithm=meal", "algorithm.meta.lookahead=first_order"], "Meal, first-order lookahead"
+        "single", ["algorithm=meal", "algorithm.meta.lookahead=first_order"], "Meal, first-order lookahead, outer=front"
     ),
     "meal_alternating": Method(
-        "single", ["algorithm=meal", "algorithm.meta.lookahead=alternating"], "Meal, alternating PWN fits"
-    ),
-    "meal_shortfall": Method(
-        "single", ["algorithm=meal", "algorithm.meta.lookahead=alternating", "algorithm.meta.outer=shortfall"],
-        "Meal, PWN moved to the objectives each prompt falls short on",
+        "single", ["algorithm=meal", "algorithm.meta.lookahead=alternating", "algorithm.meta.outer=nondominated_nll"],
+        "Meal, alternating PWN fits onto each prompt's non-dominated samples",
     ),
     "meal_frozen": Method(
         "single", ["algorithm=meal", "algorithm.meta.frozen=true"], "Meal with the PWN never updated (ablation)"
