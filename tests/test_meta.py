@@ -164,6 +164,11 @@ def test_shortfall_target_moves_each_prompt_group_to_the_objective_it_falls_shor
     assert w[:8, 1].mean() > 0.6 and w[8:, 0].mean() > 0.6  # more weight where each group falls short
 
 
-def test_shortfall_refuses_a_lookahead():
+def test_each_lookahead_gets_its_own_outer_objective_and_refuses_the_other():
+    assert (MetaConfig().lookahead, MetaConfig().outer) == ("alternating", "shortfall")
+    assert MetaConfig(lookahead="second_order").outer == MetaConfig(lookahead="first_order").outer == "front"
+    assert MetaConfig(lookahead="alternating", outer="nondominated_nll").outer == "nondominated_nll"
     with pytest.raises(ValueError, match="outer=shortfall takes no lookahead.*lookahead=alternating"):
         MetaConfig(lookahead="second_order", outer="shortfall")
+    with pytest.raises(ValueError, match="outer=front differentiates through a lookahead.*second_order or first_order"):
+        MetaConfig(lookahead="alternating", outer="front")
