@@ -111,9 +111,11 @@ def shortfall(rewards: Tensor, valid: Tensor, weights: Tensor) -> Tensor:
     rewards (P,N,K) normalised, valid (P,N), weights (P,K) the preferences the samples were drawn under. A
     prompt's mean reward per objective is compared with a least-squares fit of every prompt's mean reward on
     its preference (intercept + the simplex's K-1 free coordinates), so that asking for little of objective k
-    is not counted as falling short on k; the residuals are standardised per objective. Negative e_ik: prompt
-    i is weak on objective k for what was asked. Prompts without a valid sample, and every prompt when fewer
-    than K+1 have one (no fit), get 0.
+    is not counted as falling short on k. The residuals are replaced by their centred ranks per objective, in
+    [-1, 1]: symmetric whatever the rewards' skew (a harmlessness score near 1 with rare drops would otherwise
+    leave most prompts slightly above the fit and push every prompt alike). Negative e_ik: prompt i is weak on
+    objective k for what was asked. Prompts without a valid sample, and every prompt when fewer than K+1 have
+    one (no fit), get 0.
     """
     v = valid.to(rewards.dtype)
     means = (rewards.nan_to_num(0.0) * v[..., None]).sum(1) / v.sum(1, keepdim=True).clamp(min=1)
@@ -124,7 +126,8 @@ def shortfall(rewards: Tensor, valid: Tensor, weights: Tensor) -> Tensor:
     w, y = weights[has].to(means.dtype), means[has]
     design = torch.cat([torch.ones_like(w[:, :1]), w[:, :-1]], -1)
     residual = y - design @ torch.linalg.lstsq(design, y).solution
-    out[has] = residual / residual.std(0, keepdim=True).clamp(min=1e-6)
+    ranks = residual.argsort(0).argsort(0).to(means.dtype)
+    out[has] = 2 * ranks / (len(ranks) - 1) - 1
     return out
 
 

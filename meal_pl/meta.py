@@ -161,16 +161,23 @@ def shortfall_surrogate(shortfall: Tensor) -> Callable[[Tensor], Tensor]:
 
 
 def pwn_step(pwn: nn.Module, optimizer: torch.optim.Optimizer, features: Tensor, surrogate: Callable[[Tensor], Tensor],
-             cfg: MetaConfig, clip: float) -> dict[str, float]:
+             cfg: MetaConfig, clip: float, direct: Tensor | None = None) -> dict[str, float]:
     """Steps 7-8 on the PWN: the meta loss `surrogate` of its weights on `features`, plus regression onto optimised z.
 
+    z takes `preference_steps` steps of length `preference_lr` along each prompt's normalised surrogate gradient,
+    or, given `direct` (P,K) (outer=shortfall: the standardised shortfall), one step of preference_steps *
+    preference_lr times -direct. A per-prompt normalised step keeps only the sign of e_A - e_B (for K=2): a
+    majority vote, which skewed rewards (a harmlessness score near 1 with rare drops) tilt for every prompt alike;
+    the direct step keeps the shortfall's size, and a mean-zero shortfall moves z by zero on average.
     Called on every rank or on none; the gradients are averaged across ranks before the step.
     """
     T = getattr(pwn, "temperature", 1.0)
     logits = pwn.logits(features)
     meta_loss = surrogate(torch.softmax(logits / T, -1))
     z = logits.detach().clone()
-    for _ in range(cfg.preference_steps):
+    if direct is not None:
+        z = z - cfg.preference_steps * cfg.preference_lr * direct.detach().to(z.dtype)
+    for _ in range(cfg.preference_steps if direct is None else 0):
         z.requires_grad_(True)
         (gz,) = torch.autograd.grad(surrogate(torch.softmax(z / T, -1)), z)
         z = (z - cfg.preference_lr * gz / gz.norm(dim=-1, keepdim=True).clamp(min=1e-12)).detach()
@@ -189,8 +196,8 @@ def pwn_step(pwn: nn.Module, optimizer: torch.optim.Optimizer, features: Tensor,
 
 
 def alternating_batch(buffer: list[tuple[Tensor, ...]], device: torch.device | str, pwn: nn.Module, tau: float,
-                      outer: str) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-    """`alternating`: the PWN step's (features, surrogate) from k buffered steps' detached statistics; no lookahead.
+                      outer: str) -> tuple[Tensor, Callable[[Tensor], Tensor], Tensor | None]:
+    """`alternating`: the PWN step's (features, surrogate, direct) from k buffered steps' statistics; no lookahead.
 
     outer=shortfall: move each prompt's weight to the objectives it falls short on (`losses.shortfall` over
     the k steps' prompts). Otherwise: preferences under which soft selection concentrates on the prompt's
@@ -198,8 +205,9 @@ def alternating_batch(buffer: list[tuple[Tensor, ...]], device: torch.device | s
     """
     features, weights, rewards, valid, nd = (torch.cat(t).to(device) for t in zip(*buffer, strict=True))
     if outer == "shortfall":
-        return features, shortfall_surrogate(losses.shortfall(rewards, valid, weights))
-    return features, selection_surrogate(pwn, weights, rewards, valid, -nd.float() / len(features), tau)
+        shortfall = losses.shortfall(rewards, valid, weights)
+        return features, shortfall_surrogate(shortfall), shortfall
+    return features, selection_surrogate(pwn, weights, rewards, valid, -nd.float() / len(features), tau), None
 
 
 def buffer_rows(prefix: Tensor, prefix_mask: Tensor, responses: Tensor, resp_mask: Tensor, non_dominated: Tensor

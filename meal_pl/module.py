@@ -216,9 +216,9 @@ class MealModule(FrontEvaluation, L.LightningModule):
         if learn_pwn and self.meta.lookahead == "alternating":
             self.alt_buffer.append((r.features.cpu(), r.weights.cpu(), r.rewards.cpu(), r.valid.cpu(), r.non_dominated.cpu()))
             if len(self.alt_buffer) >= self.meta.alternating_every:
-                features, surrogate = meta.alternating_batch(self.alt_buffer, self.device, self.pwn, self.sampler.tau, self.meta.outer)
+                features, surrogate, direct = meta.alternating_batch(self.alt_buffer, self.device, self.pwn, self.sampler.tau, self.meta.outer)
                 self.alt_buffer = []
-                logs = meta.pwn_step(self.pwn, self.pwn_opt, features, surrogate, self.meta, self.gradient_clip_val)
+                logs = meta.pwn_step(self.pwn, self.pwn_opt, features, surrogate, self.meta, self.gradient_clip_val, direct)
         elif learn_pwn:
             self.pending.append(r)
             if len(self.pending) >= self.meta.every_n_steps:

@@ -167,17 +167,16 @@ def test_grid_assignment_cycles_the_grid():
 
 
 def test_shortfall_compares_prompts_at_the_same_preference():
-    # Pairs of prompts at w_a = 1, 0, 0.5 whose mean a-rewards lie on a line (0.9, 0.1, 0.5): the fit is that line,
-    # and within each pair the second prompt falls 0.1 short on a (and is 0.1 ahead on b, whose rewards are 1 - a).
+    # Pairs of prompts at w_a = 1, 0, 0.5 whose pair means lie on a line (0.5 each): the fit is that line, and the
+    # residuals on a are +-0.3, +-0.1, +-0.2; on b (rewards 1 - a) their negatives. Centred ranks in [-1, 1].
     weights = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.5, 0.5], [0.5, 0.5]])
-    a = torch.tensor([1.0, 0.8, 0.2, 0.0, 0.6, 0.4])
+    a = torch.tensor([0.8, 0.2, 0.6, 0.4, 0.7, 0.3])
     rewards = torch.stack([a, 1 - a], -1)[:, None, :].expand(6, 2, 2).clone()
     valid = torch.ones(6, 2, dtype=torch.bool)
     valid[1, 1] = False  # an invalid sample is left out of its prompt's mean
     rewards[1, 1] = torch.tensor([-50.0, 50.0])
     e = losses.shortfall(rewards, valid, weights)
-    std = (6 * 0.01 / 5) ** 0.5  # residuals +-0.1, standardised by their (unbiased) std
-    expected = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0]) * 0.1 / std
+    expected = torch.tensor([1.0, -1.0, 0.2, -0.2, 0.6, -0.6])  # ranks 5, 0, 3, 2, 4, 1 of 0..5
     torch.testing.assert_close(e, torch.stack([expected, -expected], -1))
 
 
