@@ -165,10 +165,10 @@ def pwn_step(pwn: nn.Module, optimizer: torch.optim.Optimizer, features: Tensor,
     """Steps 7-8 on the PWN: the meta loss `surrogate` of its weights on `features`, plus regression onto optimised z.
 
     z takes `preference_steps` steps of length `preference_lr` along each prompt's normalised surrogate gradient,
-    or, given `direct` (P,K) (outer=shortfall: the standardised shortfall), one step of preference_steps *
+    or, given `direct` (P,K) (outer=shortfall: the shortfall's centred ranks), one step of preference_steps *
     preference_lr times -direct. A per-prompt normalised step keeps only the sign of e_A - e_B (for K=2): a
     majority vote, which skewed rewards (a harmlessness score near 1 with rare drops) tilt for every prompt alike;
-    the direct step keeps the shortfall's size, and a mean-zero shortfall moves z by zero on average.
+    the direct step keeps each prompt's size of shortfall, and symmetric ranks move z by zero on average.
     Called on every rank or on none; the gradients are averaged across ranks before the step.
     """
     T = getattr(pwn, "temperature", 1.0)
@@ -177,10 +177,11 @@ def pwn_step(pwn: nn.Module, optimizer: torch.optim.Optimizer, features: Tensor,
     z = logits.detach().clone()
     if direct is not None:
         z = z - cfg.preference_steps * cfg.preference_lr * direct.detach().to(z.dtype)
-    for _ in range(cfg.preference_steps if direct is None else 0):
-        z.requires_grad_(True)
-        (gz,) = torch.autograd.grad(surrogate(torch.softmax(z / T, -1)), z)
-        z = (z - cfg.preference_lr * gz / gz.norm(dim=-1, keepdim=True).clamp(min=1e-12)).detach()
+    else:
+        for _ in range(cfg.preference_steps):
+            z.requires_grad_(True)
+            (gz,) = torch.autograd.grad(surrogate(torch.softmax(z / T, -1)), z)
+            z = (z - cfg.preference_lr * gz / gz.norm(dim=-1, keepdim=True).clamp(min=1e-12)).detach()
     regression = losses.preference_regression(torch.softmax(logits / T, -1), torch.softmax(z / T, -1))
     total = meta_loss + cfg.regression_weight * regression
     params = [p for p in pwn.parameters() if p.requires_grad]
