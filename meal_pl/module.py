@@ -103,8 +103,9 @@ class MealModule(FrontEvaluation, L.LightningModule):
         self.max_prompt_length, self.prompt_overflow, self.eval_batch_size = max_prompt_length, prompt_overflow, eval_batch_size
         self.eval_greedy, self.eval_seed = eval_greedy, eval_seed
         # An objective whose premise needs a warm start of its own length (synthetic_prompted) sets it; it wins.
-        warm_start_steps = objective.get("warm_start_steps", None) if objective.get("warm_start_steps", None) is not None else warm_start_steps
-        self.warm_start_steps, self.warm_start_lr, self.warm_start_batch_size = int(warm_start_steps), warm_start_lr, warm_start_batch_size
+        own_steps = objective.get("warm_start_steps")
+        self.warm_start_steps = int(warm_start_steps if own_steps is None else own_steps)
+        self.warm_start_lr, self.warm_start_batch_size = warm_start_lr, warm_start_batch_size
         self.histogram_every_n_steps, self.accumulate_grad_batches = histogram_every_n_steps, accumulate_grad_batches
         # Unconditioned baselines (linear, soups): every prompt carries the uniform tag in training and
         # evaluation, so preferences act through selection only and a front must come from separate policies.
