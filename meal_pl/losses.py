@@ -19,13 +19,33 @@ def dominated(rewards: Tensor, valid: Tensor | None = None) -> Tensor:
     return beats.any(-1)
 
 
-def scalarize(weights: Tensor, rewards: Tensor) -> Tensor:
-    """Linear scalarisation w_i . R_ij: (B,K),(B,N,K) -> (B,N)."""
-    return (rewards * weights[:, None, :]).sum(-1)
+SCALARIZATIONS = ("linear", "tchebycheff")
+
+
+def scalarize(weights: Tensor, rewards: Tensor, method: str = "linear", valid: Tensor | None = None) -> Tensor:
+    """A response's score under preference w_i: (B,K),(B,N,K) -> (B,N).
+
+    `linear`: w_i . R_ij. On a linear front its argmax is an endpoint for almost every w, so a policy trained
+    on it learns two trade-offs, not the ones in between. `tchebycheff`: -max_k w_ik (z_ik - R_ijk), the largest
+    weighted shortfall from the prompt's ideal point z_i (the best valid sample per objective, a constant);
+    its argmax is the sample whose weighted shortfalls are balanced, an interior point for an interior w.
+    """
+    if method == "linear":
+        return (rewards * weights[:, None, :]).sum(-1)
+    if method != "tchebycheff":
+        raise ValueError(f"algorithm.sampler.scalarization={method!r}; choose one of {SCALARIZATIONS}")
+    usable = torch.isfinite(rewards).all(-1) if valid is None else valid & torch.isfinite(rewards).all(-1)
+    masked = rewards.detach().masked_fill(~usable[..., None], float("-inf"))
+    ideal = masked.amax(1, keepdim=True)  # (B,1,K)
+    # Non-finite gaps (invalid samples, prompts with none valid) become 0 so no NaN reaches w's gradient;
+    # such samples are masked out of every selection anyway.
+    gap = (ideal - rewards.detach()).nan_to_num(0.0, posinf=0.0, neginf=0.0).masked_fill(~usable[..., None], 0.0)
+    return -(weights[:, None, :] * gap).amax(-1)
 
 
 def rejection_mask(
-    weights: Tensor, rewards: Tensor, valid: Tensor, drop_dominated: bool = True, quantile: float = 0.0
+    weights: Tensor, rewards: Tensor, valid: Tensor, drop_dominated: bool = True, quantile: float = 0.0,
+    scalarization: str = "linear",
 ) -> Tensor:
     """(B,N) samples kept by rejection sampling: valid, not dominated, scalarised reward >= per-prompt quantile.
 
@@ -36,15 +56,16 @@ def rejection_mask(
     if drop_dominated:
         keep &= ~dominated(rewards, valid)
     if quantile > 0:
-        scores = scalarize(weights, rewards).masked_fill(~valid, float("nan"))
+        scores = scalarize(weights, rewards, scalarization, valid).masked_fill(~valid, float("nan"))
         threshold = torch.nanquantile(scores, quantile, dim=1, keepdim=True)
         keep &= scores >= threshold.nan_to_num(float("-inf"))
     return keep
 
 
-def selection_weights(weights: Tensor, rewards: Tensor, keep: Tensor, tau: float) -> Tensor:
-    """a_ij(w_i) = softmax_j(w_i . R_ij / tau) over kept samples; tau == 0 is hard best-of-N. (B,N)."""
-    scores = scalarize(weights, rewards).masked_fill(~keep, float("-inf"))
+def selection_weights(weights: Tensor, rewards: Tensor, keep: Tensor, tau: float, scalarization: str = "linear"
+                      ) -> Tensor:
+    """a_ij(w_i) = softmax_j(s(w_i, R_ij) / tau) over kept samples, s = `scalarize`; tau == 0 is hard best-of-N. (B,N)."""
+    scores = scalarize(weights, rewards, scalarization, keep).masked_fill(~keep, float("-inf"))
     if tau <= 0:
         best = scores.argmax(-1)
         hard = F.one_hot(best, scores.shape[-1]).to(rewards.dtype)

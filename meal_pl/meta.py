@@ -145,14 +145,15 @@ def meta_gradient(policy: PreTrainedModel, inner: dict[str, Tensor], meta_loss: 
     return grad.view(B, N).detach(), l_out0.detach()
 
 
-def selection_surrogate(pwn: nn.Module, drawn: Tensor, rewards: Tensor, keep: Tensor, meta_grad: Tensor, tau: float
-                        ) -> Callable[[Tensor], Tensor]:
+def selection_surrogate(pwn: nn.Module, drawn: Tensor, rewards: Tensor, keep: Tensor, meta_grad: Tensor, tau: float,
+                        scalarization: str = "linear") -> Callable[[Tensor], Tensor]:
     """L(w) = sum_ij a_ij(w) dL_out/da_ij: its gradient in the PWN's output w is the exact meta gradient.
 
     `drawn` (B,K) are the preferences the rollout used; a `dirichlet` proposal's draws are re-expressed as
     functions of the PWN's output (implicit reparameterisation), a `point` proposal's are the output itself.
     """
-    return lambda w: losses.pwn_meta_loss(losses.selection_weights(pwn.differentiable(w, drawn), rewards, keep, tau), meta_grad)
+    return lambda w: losses.pwn_meta_loss(
+        losses.selection_weights(pwn.differentiable(w, drawn), rewards, keep, tau, scalarization), meta_grad)
 
 
 def shortfall_surrogate(shortfall: Tensor) -> Callable[[Tensor], Tensor]:
@@ -197,7 +198,7 @@ def pwn_step(pwn: nn.Module, optimizer: torch.optim.Optimizer, features: Tensor,
 
 
 def alternating_batch(buffer: list[tuple[Tensor, ...]], device: torch.device | str, pwn: nn.Module, tau: float,
-                      outer: str) -> tuple[Tensor, Callable[[Tensor], Tensor], Tensor | None]:
+                      outer: str, scalarization: str = "linear") -> tuple[Tensor, Callable[[Tensor], Tensor], Tensor | None]:
     """`alternating`: the PWN step's (features, surrogate, direct) from k buffered steps' statistics; no lookahead.
 
     outer=shortfall: move each prompt's weight to the objectives it falls short on (`losses.shortfall` over
@@ -208,7 +209,7 @@ def alternating_batch(buffer: list[tuple[Tensor, ...]], device: torch.device | s
     if outer == "shortfall":
         shortfall = losses.shortfall(rewards, valid, weights)
         return features, shortfall_surrogate(shortfall), shortfall
-    return features, selection_surrogate(pwn, weights, rewards, valid, -nd.float() / len(features), tau), None
+    return features, selection_surrogate(pwn, weights, rewards, valid, -nd.float() / len(features), tau, scalarization), None
 
 
 def buffer_rows(prefix: Tensor, prefix_mask: Tensor, responses: Tensor, resp_mask: Tensor, non_dominated: Tensor

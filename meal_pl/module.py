@@ -217,7 +217,8 @@ class MealModule(FrontEvaluation, L.LightningModule):
         if learn_pwn and self.meta.lookahead == "alternating":
             self.alt_buffer.append((r.features.cpu(), r.weights.cpu(), r.rewards.cpu(), r.valid.cpu(), r.non_dominated.cpu()))
             if len(self.alt_buffer) >= self.meta.alternating_every:
-                features, surrogate, direct = meta.alternating_batch(self.alt_buffer, self.device, self.pwn, self.sampler.tau, self.meta.outer)
+                features, surrogate, direct = meta.alternating_batch(self.alt_buffer, self.device, self.pwn, self.sampler.tau,
+                                                                     self.meta.outer, self.sampler.scalarization)
                 self.alt_buffer = []
                 logs = meta.pwn_step(self.pwn, self.pwn_opt, features, surrogate, self.meta, self.gradient_clip_val, direct)
         elif learn_pwn:
@@ -250,7 +251,8 @@ class MealModule(FrontEvaluation, L.LightningModule):
         has_choice = (r.selection > 0).sum(-1) > 1
         meta_grad, l_out = meta.meta_gradient(self.policy, r.inner(), outer, r.selection, self.meta.lookahead,
                                               self.meta.inner_lr, self.beta, rows & has_choice, self.conditioner)
-        surrogate = meta.selection_surrogate(self.pwn, r.weights[rows], r.rewards[rows], r.keep[rows], meta_grad[rows], self.sampler.tau)
+        surrogate = meta.selection_surrogate(self.pwn, r.weights[rows], r.rewards[rows], r.keep[rows], meta_grad[rows],
+                                             self.sampler.tau, self.sampler.scalarization)
         logs = {"meta/outer_loss": float(l_out)}
         return logs | meta.pwn_step(self.pwn, self.pwn_opt, r.features[rows], surrogate, self.meta, self.gradient_clip_val)
 

@@ -57,6 +57,7 @@ class RejectionSampler:
     quantile: float = 0.0  # reject samples below this per-prompt quantile of the scalarised reward
     relabel: bool = False  # train on tags of the achieved trade-off (True) or of the requested one
     relabel_tau: float = 0.5
+    scalarization: str = "linear"  # the score selection ranks samples by: linear | tchebycheff (losses.scalarize)
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
@@ -67,6 +68,8 @@ class RejectionSampler:
             raise ValueError(f"algorithm.sampler.max_new_tokens={self.max_new_tokens} must be >= 1")
         if not 0 <= self.quantile < 1:
             raise ValueError(f"algorithm.sampler.quantile={self.quantile} must be in [0, 1)")
+        if self.scalarization not in losses.SCALARIZATIONS:
+            raise ValueError(f"algorithm.sampler.scalarization={self.scalarization!r}; choose one of {losses.SCALARIZATIONS}")
         if self.temperature <= 0:
             raise ValueError(f"algorithm.sampler.temperature={self.temperature} must be > 0")
 
@@ -106,8 +109,8 @@ class RejectionSampler:
 
     def select(self, weights: Tensor, rewards: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
         """(keep mask, selection weights a_ij(w)) for normalised rewards (B,N,K); gradients flow through w."""
-        keep = losses.rejection_mask(weights.detach(), rewards, valid, self.drop_dominated, self.quantile)
-        return keep, losses.selection_weights(weights, rewards, keep, self.tau)
+        keep = losses.rejection_mask(weights.detach(), rewards, valid, self.drop_dominated, self.quantile, self.scalarization)
+        return keep, losses.selection_weights(weights, rewards, keep, self.tau, self.scalarization)
 
 
 @torch.no_grad()

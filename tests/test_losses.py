@@ -48,6 +48,32 @@ def test_selection_weights_hand_values():
     assert nothing.abs().sum() == 0
 
 
+def test_tchebycheff_prefers_the_balanced_sample_where_linear_takes_an_endpoint():
+    w = torch.tensor([[0.5, 0.5]])
+    r = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.45, 0.45]]])
+    assert losses.scalarize(w, r).argmax().item() in (0, 1)  # linear: 0.5, 0.5, 0.45
+    cheb = losses.scalarize(w, r, "tchebycheff")  # ideal (1, 1): -max(w * gap) = -0.5, -0.5, -0.275
+    assert torch.allclose(cheb, torch.tensor([[-0.5, -0.5, -0.275]]))
+    # at a one-objective preference both rank by that objective alone
+    e1 = torch.tensor([[1.0, 0.0]])
+    assert torch.equal(losses.scalarize(e1, r).argsort(), losses.scalarize(e1, r, "tchebycheff").argsort())
+
+
+def test_tchebycheff_ignores_invalid_samples_and_keeps_gradients_finite():
+    w = torch.tensor([[0.3, 0.7]], requires_grad=True)
+    r = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [float("nan"), 5.0], [9.0, 9.0]]])
+    valid = torch.tensor([[True, True, False, False]])
+    keep = valid.clone()
+    a = losses.selection_weights(w, r, keep, tau=0.5, scalarization="tchebycheff")
+    # the ideal point comes from the valid samples only: (1, 1), so the scores are -0.7 and -0.3
+    expected = torch.softmax(torch.tensor([-0.7, -0.3]) / 0.5, -1)
+    assert torch.allclose(a[0, :2], expected) and a[0, 2:].abs().sum() == 0
+    (a[0, 1]).backward()
+    assert torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="algorithm.sampler.scalarization='chebyshev'"):
+        losses.scalarize(w, r, "chebyshev")
+
+
 def test_relabel_is_softmax_of_rewards():
     r = torch.tensor([[2.0, 0.0]])
     assert torch.allclose(losses.relabel(r, 1.0), torch.tensor([[math.e**2 / (math.e**2 + 1), 1 / (math.e**2 + 1)]]))
