@@ -26,9 +26,11 @@ def scalarize(weights: Tensor, rewards: Tensor, method: str = "linear", valid: T
     """A response's score under preference w_i: (B,K),(B,N,K) -> (B,N).
 
     `linear`: w_i . R_ij. On a linear front its argmax is an endpoint for almost every w, so a policy trained
-    on it learns two trade-offs, not the ones in between. `tchebycheff`: -max_k w_ik (z_ik - R_ijk), the largest
-    weighted shortfall from the prompt's ideal point z_i (the best valid sample per objective, a constant);
-    its argmax is the sample whose weighted shortfalls are balanced, an interior point for an interior w.
+    on it learns two trade-offs, not the ones in between. `tchebycheff`: -max_k w_ik (z_k - R_ijk), the largest
+    weighted shortfall from the ideal point z (a constant);
+    its argmax is the sample whose weighted shortfalls are balanced, an interior point for an interior w. The
+    ideal point is the batch's best valid reward per objective: a prompt's own N samples lie close together, and
+    an ideal point among them pushes selection outwards along the larger weight just as the linear score does.
     """
     if method == "linear":
         return (rewards * weights[:, None, :]).sum(-1)
@@ -36,7 +38,7 @@ def scalarize(weights: Tensor, rewards: Tensor, method: str = "linear", valid: T
         raise ValueError(f"algorithm.sampler.scalarization={method!r}; choose one of {SCALARIZATIONS}")
     usable = torch.isfinite(rewards).all(-1) if valid is None else valid & torch.isfinite(rewards).all(-1)
     masked = rewards.detach().masked_fill(~usable[..., None], float("-inf"))
-    ideal = masked.amax(1, keepdim=True)  # (B,1,K)
+    ideal = masked.flatten(0, 1).amax(0)  # (K,)
     # Non-finite gaps (invalid samples, prompts with none valid) become 0 so no NaN reaches w's gradient;
     # such samples are masked out of every selection anyway.
     gap = (ideal - rewards.detach()).nan_to_num(0.0, posinf=0.0, neginf=0.0).masked_fill(~usable[..., None], 0.0)
