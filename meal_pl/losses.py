@@ -168,13 +168,14 @@ def grid_assignment(num_prompts: int, grid: Tensor, offset: int = 0) -> Tensor:
     return grid[index.to(grid.device)]
 
 
-def front_advantages(rewards: Tensor, weights: Tensor) -> Tensor:
-    """A_mj = w_m . R_mj - mean_j(w_m . R_mj), per prompt and preference; detached. (M,J,K),(M,K) -> (M,J).
+def front_advantages(rewards: Tensor, weights: Tensor, scalarization: str = "linear") -> Tensor:
+    """A_mj = s(w_m, R_mj) - mean_j s(w_m, R_mj), per prompt and preference, s = `scalarize`; detached. (M,J,K),(M,K) -> (M,J).
 
     Samples with a non-finite reward (dropped by the reward backends) get advantage 0 and are left out of
     their group's mean; a group with fewer than two valid samples has all-zero advantages.
     """
-    scores = scalarize(weights, rewards).detach()  # (M,J)
+    scores = scalarize(weights, rewards, scalarization).detach()  # (M,J)
+    scores = scores.masked_fill(~torch.isfinite(rewards).all(-1), float("nan"))  # tchebycheff scores them 0
     valid = torch.isfinite(scores)
     count = valid.sum(-1, keepdim=True)
     mean = scores.nan_to_num(0.0, posinf=0.0, neginf=0.0).masked_fill(~valid, 0.0).sum(-1, keepdim=True)
@@ -183,7 +184,8 @@ def front_advantages(rewards: Tensor, weights: Tensor) -> Tensor:
     return advantages.masked_fill(count < 2, 0.0)
 
 
-def front_outer_loss(logp: Tensor, resp_mask: Tensor, rewards: Tensor, weights: Tensor) -> Tensor:
+def front_outer_loss(logp: Tensor, resp_mask: Tensor, rewards: Tensor, weights: Tensor, scalarization: str = "linear"
+                     ) -> Tensor:
     """The `front` outer objective (METHOD.md step 7 v2): policy-gradient surrogate of the grid's scalarised reward.
 
     L_out = -(1/(M*J)) sum_m sum_j A_mj log pi(y_mj | x_m, w_m), log pi(y) = sum of the response's token
@@ -200,5 +202,5 @@ def front_outer_loss(logp: Tensor, resp_mask: Tensor, rewards: Tensor, weights: 
             f"for rewards (M,J,K)={tuple(rewards.shape)} and weights (M,K)={tuple(weights.shape)}"
         )
     seq_logp = (logp * resp_mask.to(logp.dtype)).sum(-1).view(M, J)  # log pi(y_mj)
-    advantages = front_advantages(rewards, weights).to(seq_logp.dtype)
+    advantages = front_advantages(rewards, weights, scalarization).to(seq_logp.dtype)
     return -(advantages * seq_logp).sum() / (M * J)

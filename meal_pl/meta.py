@@ -77,7 +77,7 @@ def front_outer(policy: PreTrainedModel, front: FrontBatch, conditioner=None) ->
     """`front` (v2): L_out(params) = the policy-gradient surrogate of the grid's expected scalarised reward."""
     def loss(p: dict[str, Tensor]) -> Tensor:
         logp = sequence_logprobs(policy, front.prefix, front.prefix_mask, front.responses, p, conditioner)
-        return losses.front_outer_loss(logp, front.resp_mask, front.rewards, front.weights)
+        return losses.front_outer_loss(logp, front.resp_mask, front.rewards, front.weights, front.scalarization)
     return loss
 
 

@@ -18,6 +18,7 @@ class FrontBatch:
     resp_mask: Tensor  # (M*J,T)
     rewards: Tensor  # (M,J,K) normalised (NaN where a backend failed)
     weights: Tensor  # (M,K) the grid preference of each prompt
+    scalarization: str = "linear"  # the sampler's: the grid's reward is scored as selection scores it
 
 
 @dataclass

@@ -78,6 +78,11 @@ def test_n_below_one():
         RejectionSampler(num_samples=0)
 
 
+def test_unknown_scalarization_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match=r"algorithm.sampler.scalarization='chebyshev'; choose one of \('linear', 'tchebycheff'\)"):
+        RejectionSampler(scalarization="chebyshev")
+
+
 def test_prompt_budget_over_the_model_context_is_refused(tmp_path):
     cfg = compose_train(MICRO + ["algorithm.max_prompt_length=600"], tmp_path)
     with pytest.raises(ValueError, match=r"algorithm.max_prompt_length=600 \+ 2 preference tags \+ .* exceed the model context of 512"):

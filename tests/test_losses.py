@@ -74,6 +74,25 @@ def test_tchebycheff_ignores_invalid_samples_and_keeps_gradients_finite():
         losses.scalarize(w, r, "chebyshev")
 
 
+def test_tchebycheff_ideal_point_is_the_batchs_best():
+    # prompt 0's own samples reach a <= 0.5; prompt 1 shows a = 1 is reachable: at w = (0.5, 0.5) prompt 0's
+    # balanced choice is then its highest-a sample, where a per-prompt ideal would call (0.5, 0.5) perfect.
+    w = torch.tensor([[0.5, 0.5], [0.5, 0.5]])
+    r = torch.tensor([[[0.5, 0.5], [0.4, 0.6]], [[1.0, 0.0], [0.0, 1.0]]])
+    cheb = losses.scalarize(w, r, "tchebycheff")  # ideal (1, 1)
+    assert torch.allclose(cheb, torch.tensor([[-0.25, -0.3], [-0.5, -0.5]]))
+
+
+def test_front_advantages_under_tchebycheff_leave_invalid_samples_out():
+    w = torch.tensor([[0.5, 0.5]])
+    r = torch.tensor([[[1.0, 0.0], [0.5, 0.5], [float("nan"), 0.0]]])
+    # ideal (1, 0.5): scores -0.25, -0.25 -> advantages 0, 0; the invalid sample gets 0, not a score of its own
+    assert losses.front_advantages(r, w, "tchebycheff").tolist() == [[0.0, 0.0, 0.0]]
+    r2 = torch.tensor([[[1.0, 0.0], [0.8, 0.5], [float("nan"), 0.0]]])
+    # ideal (1, 0.5): scores -0.25, -0.1 -> mean -0.175 -> (-0.075, +0.075, 0)
+    assert torch.allclose(losses.front_advantages(r2, w, "tchebycheff"), torch.tensor([[-0.075, 0.075, 0.0]]))
+
+
 def test_relabel_is_softmax_of_rewards():
     r = torch.tensor([[2.0, 0.0]])
     assert torch.allclose(losses.relabel(r, 1.0), torch.tensor([[math.e**2 / (math.e**2 + 1), 1 / (math.e**2 + 1)]]))

@@ -105,7 +105,8 @@ class RejectionSampling(RolloutCallback):
         raw = module.rewards([p for p in prompts for _ in range(J)], texts).to(module.device)
         rewards = module.reward_norm.normalize(raw).view(M, J, K)
         return FrontBatch(prefix.repeat_interleave(J, 0), prefix_mask.repeat_interleave(J, 0), responses,
-                          response_mask(responses, module.tokenizer.eos_token_id), rewards, weights)
+                          response_mask(responses, module.tokenizer.eos_token_id), rewards, weights,
+                          module.sampler.scalarization)
 
     @staticmethod
     def score(module: L.LightningModule, prompts: list[str], texts: list[str], B: int, N: int):
