@@ -57,7 +57,7 @@ class RejectionSampler:
     quantile: float = 0.0  # reject samples below this per-prompt quantile of the scalarised reward
     relabel: bool = False  # train on tags of the achieved trade-off (True) or of the requested one
     relabel_tau: float = 0.5
-    scalarization: str = "linear"  # the score selection ranks samples by: linear | tchebycheff (losses.scalarize)
+    scalarization: str = "tchebycheff"  # the score selection ranks samples by: tchebycheff | linear (losses.scalarize)
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
