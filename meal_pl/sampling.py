@@ -80,6 +80,10 @@ class RejectionSampler:
         if self.temperature <= 0:
             raise ValueError(f"algorithm.sampler.temperature={self.temperature} must be > 0")
         self.temperature = float(self.temperature)  # HF's temperature warper refuses an int (temperature=2)
+        if self.top_k < 0:
+            raise ValueError(f"algorithm.sampler.top_k={self.top_k} must be >= 0 (0 = no top-k filter)")
+        if not 0 <= self.top_p <= 1:
+            raise ValueError(f"algorithm.sampler.top_p={self.top_p} must be in [0, 1] (1 = no nucleus filter)")
 
     @torch.no_grad()
     def generate(

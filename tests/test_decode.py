@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, compose_train
+from conftest import TINY, compose_train, train_cli
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from transformers import LlamaForCausalLM
@@ -170,9 +170,19 @@ def test_loop_is_the_default_and_hf_is_selectable():
     assert len(calls) == 1
 
 
-def test_bad_decoder_names_the_key_and_the_choices():
+def test_bad_decoder_names_the_key_and_the_choices(monkeypatch, capsys, tmp_path):
     with pytest.raises(ValueError, match=r"^algorithm.sampler.decoder='beam'; choose one of \('loop', 'hf'\)$"):
         RejectionSampler(decoder="beam")
+    code, err = train_cli(monkeypatch, capsys, "algorithm.sampler.decoder=beam", f"hydra.run.dir={tmp_path}", *TINY)
+    assert code != 0
+    assert err.splitlines()[0] == "error: algorithm.sampler.decoder='beam'; choose one of ('loop', 'hf')"
+
+
+@pytest.mark.parametrize("key, value, message", [("top_k", -1, "must be >= 0"), ("top_p", 1.5, r"must be in \[0, 1\]")])
+def test_sampling_settings_hf_would_refuse_are_refused_at_once(key, value, message):
+    # the loop would otherwise ignore what HF generate raises on (top_p > 1) or fail less clearly (top_k < 0)
+    with pytest.raises(ValueError, match=rf"algorithm.sampler.{key}={value} {message}"):
+        RejectionSampler(**{key: value})
 
 
 def test_synced_gpus_falls_back_to_hf():
