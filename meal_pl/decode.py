@@ -67,6 +67,9 @@ def unsupported(model: torch.nn.Module, input_ids: Tensor, synced_gpus: bool = F
         return "encoder-decoder model"
     if inner.device.type == "mps":
         return "mps device (HF defers its stop check by one step there)"
+    experts = getattr(inner, "get_experts_implementation", dict)()
+    if inner.device.type != "cpu" and "grouped_mm" in experts.values():
+        return "mixture-of-experts off the CPU (HF switches its experts to batched_mm while decoding)"
     if inner.is_remote_code():
         return f"{type(inner).__name__} is remote code"
     if input_ids.device != inner.device or getattr(inner, "hf_device_map", None):
