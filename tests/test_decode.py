@@ -26,19 +26,29 @@ CORPUS = [f"\n\nHuman: how do I bake bread number {i}?\n\nAssistant: Mix flour, 
 W = torch.tensor([[0.8, 0.2], [0.3, 0.7], [0.5, 0.5]])
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Micro models: one thread (OpenMP threads spin against each other on busy shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def conditioner(backend: str):
     cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "conditioning" / f"{backend}.yaml")
     return instantiate(cfg)(names=["a", "b"])
 
 
-def build(backend: str = "tags", lora: bool = False, eos_bias: float = 0.0):
+def build(backend: str = "tags", lora: bool = False, eos_bias: float = 0.0, attn: str = "eager"):
     """(conditioner, tiny policy in eval mode, tokenizer, (3,P) left-padded conditioned ids, mask).
 
     eos_bias adds to the EOS logit in every forward (a hook on the model, so both decoders see it): an
     untrained policy almost never ends a row otherwise.
     """
     cond = conditioner(backend)
-    model, tok = tiny_llama(CORPUS, vocab_size=300, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    model, tok = tiny_llama(CORPUS, vocab_size=300, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                            attn_implementation=attn)
     cond.attach(tok, model)
     for module in preference_modules(model):
         if hasattr(module, "svd_scale"):  # the preference singular values, large enough to move the samples
@@ -68,25 +78,42 @@ def build(backend: str = "tags", lora: bool = False, eos_bias: float = 0.0):
     return cond, model.eval(), tok, ids, mask
 
 
-def run(decoder: str, model, tok, ids, mask, cond=None, weights=W, seed=0, greedy=False, num_samples=None, **settings):
-    """(tokens, RNG state after) of one RejectionSampler.generate call from `seed`."""
+def run(decoder: str, model, tok, ids, mask, cond=None, weights=W, seed=0, greedy=False, num_samples=None, draws=None,
+        **settings):
+    """(tokens, RNG state after) of one RejectionSampler.generate call from `seed`; `draws` (a list) receives
+    every probability tensor handed to torch.multinomial."""
     sampler = RejectionSampler(decoder=decoder, **settings)
     suppress = suppressed_ids(tok, cond.token_ids.flatten().tolist()) if cond is not None else []
     torch.manual_seed(seed)
     context = cond.preference(model, weights) if cond is not None and cond.reads_preference else torch.no_grad()
-    with context:
-        out = sampler.generate(model, ids, mask, tok.pad_token_id, tok.eos_token_id, num_samples=num_samples,
-                               greedy=greedy, suppress_ids=suppress)
+    multinomial = torch.multinomial
+
+    def recorded(probs, *args, **kwargs):
+        draws.append(probs.clone())
+        return multinomial(probs, *args, **kwargs)
+
+    if draws is not None:
+        torch.multinomial = recorded
+    try:
+        with context:
+            out = sampler.generate(model, ids, mask, tok.pad_token_id, tok.eos_token_id, num_samples=num_samples,
+                                   greedy=greedy, suppress_ids=suppress)
+    finally:
+        torch.multinomial = multinomial
     return out, torch.get_rng_state()
 
 
 def assert_same(model, tok, ids, mask, **kwargs) -> torch.Tensor:
     assert decode.unsupported(model, ids) is None  # the loop, not its fallback, is what is compared
-    hf, hf_rng = run("hf", model, tok, ids, mask, **kwargs)
-    loop, loop_rng = run("loop", model, tok, ids, mask, **kwargs)
+    hf_draws, loop_draws = [], []
+    hf, hf_rng = run("hf", model, tok, ids, mask, draws=hf_draws, **kwargs)
+    loop, loop_rng = run("loop", model, tok, ids, mask, draws=loop_draws, **kwargs)
     assert loop.shape == hf.shape
     assert torch.equal(loop, hf)
     assert torch.equal(loop_rng, hf_rng)  # the same draws: what runs next sees the same random stream
+    # the same distributions to the last bit, every step (tokens alone would hide a last-bit difference)
+    assert len(loop_draws) == len(hf_draws) == (0 if kwargs.get("greedy") else hf.shape[1])
+    assert all(torch.equal(a, b) for a, b in zip(loop_draws, hf_draws, strict=True))
     return loop
 
 
@@ -95,6 +122,7 @@ SETTINGS = {
     "temperature": dict(num_samples=3, max_new_tokens=12, temperature=0.7),
     "top_k": dict(num_samples=3, max_new_tokens=12, top_k=20),
     "top_p": dict(num_samples=3, max_new_tokens=12, top_p=0.8),
+    "top_p_keeps_one": dict(num_samples=2, max_new_tokens=12, top_p=0.001),  # the top token alone passes
     "all_warpers": dict(num_samples=2, max_new_tokens=12, temperature=1.3, top_k=50, top_p=0.9),
 }
 
@@ -109,6 +137,9 @@ def test_sampling_matches_hf(name):
         assert not torch.isin(out, cond.token_ids).any()  # suppressed: the tags (and padding/BOS, below)
     ends = out == tok.eos_token_id
     assert ends.any() and not ends[:, :4].any()  # rows end, never before min_new_tokens
+    if name == "top_p_keeps_one":  # the biased EOS is every row's top token once allowed: all end at once
+        assert out.shape[1] == 5 and ends[:, 4].all()
+        return
     finished_early = ends[:, :-1].any(1)
     assert finished_early.any()  # and rows that ended get padding up to the others' length
     assert (out[finished_early][:, -1] == tok.pad_token_id).all()
@@ -123,6 +154,14 @@ def test_padding_and_bos_are_suppressed_and_greedy_matches_hf():
     full = torch.ones_like(ids)
     assert_same(model, tok, ids, full, greedy=True, num_samples=1, max_new_tokens=6)
     assert_same(model, tok, ids, full, num_samples=2, max_new_tokens=6)
+
+
+def test_sdpa_attention_matches_hf():
+    """The hub models' attention (the tiny model's default is eager): padded and unpadded prompts."""
+    cond, model, tok, ids, mask = build("embedding", eos_bias=3.0, attn="sdpa")
+    assert model.config._attn_implementation == "sdpa"
+    assert_same(model, tok, ids, mask, cond=cond, num_samples=3, max_new_tokens=10, min_new_tokens=2, top_p=0.9)
+    assert_same(model, tok, ids, torch.ones_like(ids), cond=cond, num_samples=2, max_new_tokens=6)
 
 
 def test_early_stop_when_every_row_has_ended():
