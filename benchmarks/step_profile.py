@@ -4,6 +4,7 @@
     python benchmarks/step_profile.py                    # ric, meal, meal_second_order, meal_first_order, meal_alternating
     python benchmarks/step_profile.py --steps 12 ric     # fewer steps, some methods
     python benchmarks/step_profile.py --objective helpful_harmless
+    python benchmarks/step_profile.py ric --set algorithm.sampler.decoder=hf   # any train override
 
 Each method: one run composed as `python -m meal_pl.bench bench.quick=true` composes it (one thread), its
 first `--skip` steps left out, then the CPU seconds per step (`time.process_time`, step start to next step
@@ -35,9 +36,10 @@ MODEL_WORK = {"generate", "score", "reference", "base"}
 META_WORK = {"propose", "meta"}  # the PWN's and the lookahead's passes: model work for Meal, none for ric
 
 
-def profile(method: str, steps: int, skip: int, out: Path, objective: str = "synthetic") -> dict:
+def profile(method: str, steps: int, skip: int, out: Path, objective: str = "synthetic", extra: tuple[str, ...] = ()) -> dict:
     """Mean CPU seconds per part of one run's steps after the first `skip`."""
-    cfg = quick_config(method, [f"objective={objective}", f"trainer.max_steps={steps + skip + 1}", *NO_EVAL], out / method)
+    overrides = [f"objective={objective}", f"trainer.max_steps={steps + skip + 1}", *NO_EVAL, *extra]
+    cfg = quick_config(method, overrides, out / method)
     datamodule, module, trainer = build_run(cfg)
     clock = StepClock()
     trainer.callbacks.insert(0, clock)
@@ -76,6 +78,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="measured steps per method")
     parser.add_argument("--skip", type=int, default=2, help="first steps left out (lazy set-up)")
     parser.add_argument("--objective", default="synthetic", help="objective config (the issue's quick bench: synthetic)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a train override for every run, e.g. algorithm.sampler.decoder=hf (repeatable)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "step_profile")
     args = parser.parse_args()
     if unknown := set(args.methods) - set(METHODS):
@@ -84,7 +88,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as runs:
         for method in args.methods or METHODS:
-            rows.append(profile(method, args.steps, args.skip, Path(runs), args.objective))
+            rows.append(profile(method, args.steps, args.skip, Path(runs), args.objective, tuple(args.set)))
     lines = markdown(rows)
     ric = next((r for r in rows if r["method"] == "ric"), None)
     if ric:

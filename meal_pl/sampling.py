@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from meal_pl import losses
+from meal_pl import decode, losses
 from meal_pl.chat import format_prompts
+
+DECODERS = ("loop", "hf")
+_log = logging.getLogger("meal_pl")
+_fallbacks_noted: set[str] = set()
 
 
 def encode_prompts(
@@ -58,8 +63,13 @@ class RejectionSampler:
     relabel: bool = False  # train on tags of the achieved trade-off (True) or of the requested one
     relabel_tau: float = 0.5
     scalarization: str = "tchebycheff"  # the score selection ranks samples by: tchebycheff | linear (losses.scalarize)
+    # loop: meal_pl/decode.py, HF generate's tokens for the same RNG state, faster; HF generate where the
+    # loop does not apply (decode.unsupported: synced_gpus, models with their own generation code, ...). hf: always HF.
+    decoder: str = "loop"
 
     def __post_init__(self) -> None:
+        if self.decoder not in DECODERS:
+            raise ValueError(f"algorithm.sampler.decoder={self.decoder!r}; choose one of {DECODERS}")
         if self.num_samples < 1:
             raise ValueError(f"algorithm.sampler.num_samples={self.num_samples} must be >= 1 (N, the responses sampled per prompt)")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
@@ -72,6 +82,11 @@ class RejectionSampler:
             raise ValueError(f"algorithm.sampler.scalarization={self.scalarization!r}; choose one of {losses.SCALARIZATIONS}")
         if self.temperature <= 0:
             raise ValueError(f"algorithm.sampler.temperature={self.temperature} must be > 0")
+        self.temperature = float(self.temperature)  # HF's temperature warper refuses an int (temperature=2)
+        if self.top_k < 0:
+            raise ValueError(f"algorithm.sampler.top_k={self.top_k} must be >= 0 (0 = no top-k filter)")
+        if not 0 <= self.top_p <= 1:
+            raise ValueError(f"algorithm.sampler.top_p={self.top_p} must be in [0, 1] (1 = no nucleus filter)")
 
     @torch.no_grad()
     def generate(
@@ -88,6 +103,19 @@ class RejectionSampler:
     ) -> Tensor:
         """Batched KV-cached sampling: (B,P) conditioned prompts -> (B*n, T) responses, padded after EOS."""
         n = self.num_samples if num_samples is None else num_samples
+        width = input_ids.shape[1]
+        if self.decoder == "loop":
+            reason = decode.unsupported(model, input_ids, synced_gpus)
+            if reason is None:
+                responses = decode.decode(
+                    model, input_ids, attention_mask, self.max_new_tokens, pad_token_id, eos_token_id,
+                    min_new_tokens=self.min_new_tokens, do_sample=not greedy, temperature=self.temperature,
+                    top_k=self.top_k, top_p=self.top_p, num_return_sequences=n, suppress_tokens=suppress_ids,
+                )
+                return responses.masked_fill(~response_mask(responses, eos_token_id), pad_token_id)
+            if reason not in _fallbacks_noted:
+                _fallbacks_noted.add(reason)
+                _log.info("algorithm.sampler.decoder=loop: HF generate decodes instead, %s", reason)
         out = model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -104,7 +132,7 @@ class RejectionSampler:
             suppress_tokens=suppress_ids or None,
             synced_gpus=synced_gpus,
         )
-        responses = out[:, input_ids.shape[1] :]
+        responses = out[:, width:]
         return responses.masked_fill(~response_mask(responses, eos_token_id), pad_token_id)
 
     def select(self, weights: Tensor, rewards: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
