@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import TINY, compose_train
 
 from meal_pl.bench import report
@@ -31,13 +30,7 @@ MICRO = TINY + [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Micro models gain nothing from intra-op threads; one thread keeps these runs fast on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def assert_loss_falls(losses: list[float]) -> None:

@@ -26,13 +26,7 @@ CORPUS = [f"\n\nHuman: how do I bake bread number {i}?\n\nAssistant: Mix flour, 
 W = torch.tensor([[0.8, 0.2], [0.3, 0.7], [0.5, 0.5]])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Micro models: one thread (OpenMP threads spin against each other on busy shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def conditioner(backend: str):
