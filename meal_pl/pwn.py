@@ -101,6 +101,19 @@ class UniformPreferences(nn.Module):
         return dist.sample((features.shape[0],))
 
 
+def checked_preference(values, num_objectives: int, key: str) -> Tensor:
+    """`values` as a (K,) preference on the simplex; a one-line ValueError naming `key` otherwise."""
+    w = torch.tensor(list(values), dtype=torch.float32).flatten()
+    given = f"{key}={[round(v, 6) for v in w.tolist()]}"
+    if w.numel() != num_objectives:
+        raise ValueError(f"{given} has {w.numel()} values; give one per objective ({num_objectives}), summing to 1")
+    if (w < 0).any() or not torch.isfinite(w).all():
+        raise ValueError(f"{given} has a negative or non-finite value; give weights >= 0 that sum to 1")
+    if abs(float(w.sum()) - 1) > 1e-3:
+        raise ValueError(f"{given} sums to {float(w.sum()):.4f}; give weights that sum to 1")
+    return w
+
+
 class FixedPreferences(nn.Module):
     """Linear scalarisation: one fixed preference for every prompt."""
 
@@ -108,18 +121,48 @@ class FixedPreferences(nn.Module):
 
     def __init__(self, feature_dim: int, num_objectives: int, weights: list[float] | None = None) -> None:
         super().__init__()
-        w = torch.full((num_objectives,), 1.0 / num_objectives) if weights is None else torch.tensor(weights, dtype=torch.float32).flatten()
-        given = f"algorithm.pwn.weights={[round(v, 6) for v in w.tolist()]}"
-        if w.numel() != num_objectives:
-            raise ValueError(f"{given} has {w.numel()} values; give one per objective ({num_objectives}), summing to 1")
-        if (w < 0).any() or not torch.isfinite(w).all():
-            raise ValueError(f"{given} has a negative or non-finite value; give weights >= 0 that sum to 1")
-        if abs(float(w.sum()) - 1) > 1e-3:
-            raise ValueError(f"{given} sums to {float(w.sum()):.4f}; give weights that sum to 1")
+        w = torch.full((num_objectives,), 1.0 / num_objectives) if weights is None else checked_preference(weights, num_objectives, "algorithm.pwn.weights")
         self.register_buffer("fixed", w.float())
 
     def forward(self, features: Tensor) -> Tensor:
         return self.fixed.expand(features.shape[0], -1).to(features.device)
+
+
+class GroupPreferences(nn.Module):
+    """A hand-set preference distribution per prompt group (the data's `group` field): the static,
+    prompt-reading baseline a learned PWN is measured against. A prompt of group g gets a draw from
+    Dirichlet(floor + (concentration - K floor) means[g]), the PWN's `dirichlet` proposal at the mean the user
+    names; a group not named, or a prompt without a group, gets the uniform mean. Its input is group codes
+    (`codes`), not prompt features; nothing is learned."""
+
+    learnable = False
+
+    def __init__(self, feature_dim: int, num_objectives: int, means: dict[str, list[float]] | None = None,
+                 floor: float = 0.5, concentration: float | None = None) -> None:
+        super().__init__()
+        if not means:
+            raise ValueError("algorithm.pwn.means is empty; name a mean preference per prompt group, "
+                             "e.g. 'algorithm.pwn.means={a:[0.3,0.7],b:[0.7,0.3]}'")
+        concentration = float(num_objectives if concentration is None else concentration)
+        if not (0 < floor and floor * num_objectives < concentration):
+            raise ValueError(f"algorithm.pwn.floor={floor} must be > 0 and K*floor < algorithm.pwn.concentration={concentration}")
+        self.groups = sorted(means)
+        rows = [checked_preference(means[g], num_objectives, f"algorithm.pwn.means.{g}") for g in self.groups]
+        rows.append(torch.full((num_objectives,), 1.0 / num_objectives))  # code -1: no named group
+        self.register_buffer("alpha_table", floor + (concentration - floor * num_objectives) * torch.stack(rows))
+
+    def codes(self, groups: list[str | None]) -> Tensor:
+        """(B,1) the index of each prompt's group in the named groups, -1 where it names none."""
+        index = {g: i for i, g in enumerate(self.groups)}
+        codes = [index.get(g, -1) for g in groups]
+        if all(c < 0 for c in codes):
+            raise ValueError(f"algorithm.pwn.means names groups {self.groups}, but no prompt of the batch is in one "
+                             f"(their groups: {sorted({str(g) for g in groups})}); name the data's groups")
+        return torch.tensor(codes, dtype=torch.float32)[:, None]
+
+    def forward(self, codes: Tensor) -> Tensor:
+        alpha = self.alpha_table[codes[:, 0].long()]  # -1 indexes the last row, the uniform mean
+        return torch.distributions.Dirichlet(alpha.to(codes.device)).sample()
 
 
 def propose(pwn: nn.Module, features: Tensor, exploration: float) -> tuple[Tensor, Tensor]:

@@ -52,6 +52,7 @@ def assert_front(report_: dict, num_points: int) -> None:
         (["algorithm=soups"], "FixedPreferences", 0.5, False, True),
         (["algorithm=ric", "pwn=fixed"], "FixedPreferences", 0.5, False, False),  # the command line wins
         (["pwn=uniform"], "UniformPreferences", 0.5, False, False),
+        (["algorithm=ric", "pwn=group", "algorithm.pwn.means={a:[0,1]}"], "GroupPreferences", 0.5, False, False),
         (["algorithm=ric", "algorithm.sampler.tau=0", "algorithm.sampler.relabel=true"], "UniformPreferences", 0.0, True, False),
     ],
 )

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from meal_pl.pwn import FixedPreferences, PreferenceWeightNet, UniformPreferences, dirichlet_at
+from meal_pl.pwn import FixedPreferences, GroupPreferences, PreferenceWeightNet, UniformPreferences, dirichlet_at
 
 
 def test_pwn_outputs_lie_on_the_simplex_and_respond_to_the_prompt():
@@ -31,6 +31,29 @@ def test_static_sources():
     assert torch.allclose(f, torch.tensor([[0.8, 0.2]] * 3))
     with pytest.raises(ValueError, match="pwn.weights"):
         FixedPreferences(4, 2, [0.8, 0.8])
+
+
+def test_group_source_draws_around_each_groups_mean():
+    """pwn=group: a prompt of a named group draws around that group's mean (the PWN's dirichlet proposal there);
+    a prompt of another group, or of none, draws around the uniform mean."""
+    torch.manual_seed(0)
+    source = GroupPreferences(4, 2, {"b": [1.0, 0.0], "a": [0.0, 1.0]})
+    codes = source.codes(["a"] * 3000 + ["b"] * 3000 + [None] * 3000 + ["c"] * 3000)
+    assert codes[:3000].eq(0).all() and codes[3000:6000].eq(1).all() and codes[6000:].eq(-1).all()
+    w = source(codes)
+    assert torch.allclose(w.sum(-1), torch.ones(len(w)))
+    means = w[:, 0].view(4, 3000).mean(-1)  # alpha = 0.5 + 1 * mean: (0.5, 1.5) -> E[w_0] = 0.25
+    assert torch.allclose(means, torch.tensor([0.25, 0.75, 0.5, 0.5]), atol=0.02)
+    assert (w[:3000, 0] > 0.8).float().mean() > 0.02  # the floor keeps the far end covered
+
+
+def test_group_source_refuses_bad_settings_in_one_line():
+    with pytest.raises(ValueError, match="algorithm.pwn.means is empty"):
+        GroupPreferences(4, 2, {})
+    with pytest.raises(ValueError, match=r"algorithm.pwn.means.a=\[0.7, 0.7\] sums to"):
+        GroupPreferences(4, 2, {"a": [0.7, 0.7]})
+    with pytest.raises(ValueError, match=r"names groups \['x'\].*their groups: \['a', 'b'\]"):
+        GroupPreferences(4, 2, {"x": [0.5, 0.5]}).codes(["a", "b"])
 
 
 def test_dirichlet_at_has_rsample_gradient():

@@ -5,9 +5,11 @@ import statistics
 from collections import Counter
 
 import pytest
+import torch
 from conftest import TINY, compose_train
 from hydra.utils import instantiate
 
+from meal_pl.callbacks.rejection_sampling import RejectionSampling
 from meal_pl.data import PromptDataModule, balanced_pick, split_hh
 from meal_pl.rewards.synthetic import WordShareReward
 from meal_pl.synthetic_prompts import A_TO_M, N_TO_Z, LetterFamilyDataModule, letter_family_records
@@ -122,3 +124,34 @@ def test_the_objectives_warm_start_length_wins_for_every_method(tmp_path):
         assert build_run(cfg)[1].warm_start_steps == 5
     assert compose_train(TINY + ["objective=synthetic_prompted"], tmp_path).objective.warm_start_steps == 400
     assert build_run(compose_train(TINY + ["algorithm.warm_start_steps=3"], tmp_path))[1].warm_start_steps == 3
+
+
+class RecordingSampling(RejectionSampling):
+    """Meal's rollout, keeping each batch's prompts and proposed preferences."""
+
+    def __init__(self) -> None:
+        self.proposed: list[tuple[list[str], torch.Tensor]] = []
+
+    def rollout(self, module, prompts):
+        r = super().rollout(module, prompts)
+        self.proposed.append((r.prompts, r.weights))
+        return r
+
+
+def test_group_source_reads_each_prompts_family_in_training(tmp_path):
+    """pwn=group: the rollout hands each training prompt its family's preference distribution."""
+    from meal_pl.train import build_run
+
+    cfg = compose_train(TINY + ["objective=synthetic_prompted", "algorithm=ric", "pwn=group", "objective.warm_start_steps=0",
+                                "algorithm.pwn.means={a:[0,1],b:[1,0]}", "logger=none", "trainer.max_steps=4",
+                                "callbacks.rejection_sampling._target_=test_synthetic_prompts.RecordingSampling"], tmp_path)
+    datamodule, module, trainer = build_run(cfg)
+    trainer.fit(module, datamodule=datamodule)
+    recorder = next(cb for cb in trainer.callbacks if isinstance(cb, RecordingSampling))
+    by_family = {"a": [], "b": []}
+    for prompts, weights in recorder.proposed:
+        for prompt, w in zip(prompts, weights[:, 0].tolist(), strict=True):
+            by_family[datamodule.groups[prompt]].append(w)
+    assert len(by_family["a"]) >= 8 and len(by_family["b"]) >= 8
+    # E[w_0] = 0.25 on family a, 0.75 on family b (alpha = 0.5 + mean)
+    assert statistics.fmean(by_family["b"]) - statistics.fmean(by_family["a"]) > 0.2

@@ -42,6 +42,18 @@ def require_rollout_callback(callbacks: list) -> None:
         )
 
 
+def source_inputs(module: L.LightningModule, prompts: list[str], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,F) what the preference source reads: a learnable PWN the prompt features h(x) (a pass of pi_ref);
+    a per-group source (`pwn=group`) the prompts' group codes; the other static sources nothing."""
+    pwn = module.pwn
+    if getattr(pwn, "learnable", False):
+        return module.prompt_features(ids, mask)
+    if hasattr(pwn, "codes"):
+        groups = getattr(getattr(module.trainer, "datamodule", None), "groups", {})
+        return pwn.codes([groups.get(p) for p in prompts]).to(module.device)
+    return ids.new_zeros(len(prompts), 1).float()
+
+
 class RejectionSampling(RolloutCallback):
     """Meal's rollout. Sampling and selection settings are the algorithm's (`algorithm.sampler.*`)."""
 
@@ -53,8 +65,7 @@ class RejectionSampling(RolloutCallback):
             raise ValueError(f"{truncated} prompts of the batch exceed algorithm.max_prompt_length={module.max_prompt_length}")
         # 1-2. propose preferences and condition the prompts; static sources read no features (no reference pass)
         with section("propose"):
-            learnable = getattr(module.pwn, "learnable", False)
-            features = module.prompt_features(ids, mask) if learnable else ids.new_zeros(B, 1).float()
+            features = source_inputs(module, prompts, ids, mask)
             with torch.no_grad():
                 weights, explore = propose(module.pwn, features, module.meta.exploration)
             cond = module.tag_weights(weights)
