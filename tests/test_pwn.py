@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from meal_pl.pwn import FixedPreferences, GroupPreferences, PreferenceWeightNet, UniformPreferences, dirichlet_at
+from meal_pl.pwn import (
+    FixedPreferences,
+    GroupPreferences,
+    PreferenceWeightNet,
+    UniformPreferences,
+    dirichlet_at,
+)
 
 
 def test_pwn_outputs_lie_on_the_simplex_and_respond_to_the_prompt():
