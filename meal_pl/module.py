@@ -211,9 +211,11 @@ class MealModule(FrontEvaluation, L.LightningModule):
 
     def meta_step(self, r: Rollout) -> dict[str, float]:
         """Steps 7-8 on the PWN, before the base step; the meta buffer takes the batch's non-dominated samples."""
-        new_rows = meta.buffer_rows(r.prefix, r.prefix_mask, r.responses, r.resp_mask, r.non_dominated)
         logs: dict[str, float] = {}
         learn_pwn = getattr(self.pwn, "learnable", False) and not self.meta.frozen
+        # Only the lookaheads' v1 target reads the buffer of past non-dominated samples: skip the copy otherwise.
+        reads_buffer = learn_pwn and self.meta.lookahead != "alternating" and self.meta.outer == "nondominated_nll"
+        new_rows = meta.buffer_rows(r.prefix, r.prefix_mask, r.responses, r.resp_mask, r.non_dominated) if reads_buffer else []
         if learn_pwn and self.meta.lookahead == "alternating":
             self.alt_buffer.append((r.features.cpu(), r.weights.cpu(), r.rewards.cpu(), r.valid.cpu(), r.non_dominated.cpu()))
             if len(self.alt_buffer) >= self.meta.alternating_every:
@@ -264,8 +266,7 @@ class MealModule(FrontEvaluation, L.LightningModule):
             with section("optimiser"):
                 policy_opt.zero_grad()
         with section("base"):
-            logp = sequence_logprobs(self.policy, r.prefix, r.prefix_mask, r.responses, conditioner=self.conditioner)
-            loss, _, kl = losses.inner_loss(logp, r.ref_logp, r.resp_mask, r.selection.flatten(), self.beta, len(r.prompts))
+            loss, kl = self.policy_loss(r)
             self.manual_backward(loss / self.accumulate_grad_batches)
         if (batch_idx + 1) % self.accumulate_grad_batches == 0:
             with section("optimiser"):
@@ -273,6 +274,15 @@ class MealModule(FrontEvaluation, L.LightningModule):
                 policy_opt.step()
                 self.lr_schedulers().step()
         return loss, kl
+
+    def policy_loss(self, r: Rollout) -> tuple[Tensor, Tensor]:
+        """L_in of the rollout (step 6) and each sample's KL (S,), 0 where a_ij = 0. Only samples with a_ij > 0
+        enter L_in, so the policy's forward (and backward) skips the rest: rejected samples cost no pass."""
+        a = r.selection.flatten()
+        idx = (a > 0).nonzero().squeeze(1)
+        logp = sequence_logprobs(self.policy, r.prefix[idx], r.prefix_mask[idx], r.responses[idx], conditioner=self.conditioner)
+        loss, _, kl = losses.inner_loss(logp, r.ref_logp[idx], r.resp_mask[idx], a[idx], self.beta, len(r.prompts))
+        return loss, kl.new_zeros(a.shape).index_copy(0, idx, kl.detach())
 
     def log_step(self, r: Rollout, loss: Tensor, kl: Tensor, meta_logs: dict[str, float]) -> None:
         """Everything TensorBoard shows per step, logged in one place.

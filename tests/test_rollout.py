@@ -4,7 +4,9 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from meal_pl.callbacks.rejection_sampling import RejectionSampling
+from meal_pl import losses
+from meal_pl.callbacks.rejection_sampling import RejectionSampling, trained_rows_logprobs
+from meal_pl.sequences import sequence_logprobs
 from meal_pl.train import build_run, train
 
 
@@ -41,3 +43,31 @@ def test_a_run_without_rollout_callback_fails_at_start_naming_the_key(tiny_cfg):
         cfg.callbacks.pop("rejection_sampling", None)
     with pytest.raises(ValueError, match=r"callbacks\.rejection_sampling"):
         train(cfg)
+
+
+def test_rejected_samples_skip_the_reference_and_policy_passes(tiny_cfg):
+    """A sample with a_ij = 0 is in no loss: its reference log-probs are not computed (0) and the policy's pass
+    skips it, while L_in, its gradient and the kept samples' log-probs equal the full pass's."""
+    torch.manual_seed(0)
+    _, module, _ = build_run(tiny_cfg("objective=synthetic", "logger=none", "algorithm.warm_start_steps=0",
+                                          "algorithm.sampler.num_samples=4", "algorithm.sampler.drop_dominated=false"))
+    r = RejectionSampling().rollout(module, ["Human: hello there Assistant:", "Human: tell me more Assistant:"])
+    assert r.keep.all()
+    r.keep[0, 1:3] = False  # two rejected samples, whatever the rewards said
+    r.selection = r.selection.masked_fill(~r.keep, 0.0)
+    r.selection = r.selection / r.selection.sum(-1, keepdim=True)
+    rows = r.keep.flatten()
+    with torch.no_grad(), module.reference() as ref:
+        full_ref = sequence_logprobs(ref, r.prefix, r.prefix_mask, r.responses, conditioner=module.conditioner)
+    r.ref_logp = trained_rows_logprobs(ref, r.prefix, r.prefix_mask, r.responses, rows, module.conditioner)
+    assert torch.allclose(r.ref_logp[rows], full_ref[rows], atol=1e-5) and r.ref_logp[~rows].eq(0).all()
+
+    params = [p for p in module.policy.parameters() if p.requires_grad]
+    loss, kl = module.policy_loss(r)
+    grads = torch.autograd.grad(loss, params)
+    logp = sequence_logprobs(module.policy, r.prefix, r.prefix_mask, r.responses, conditioner=module.conditioner)
+    full_loss, _, full_kl = losses.inner_loss(logp, full_ref, r.resp_mask, r.selection.flatten(), module.beta, len(r.prompts))
+    full_grads = torch.autograd.grad(full_loss, params)
+    assert torch.allclose(loss, full_loss, atol=1e-5) and torch.allclose(kl[rows], full_kl[rows].detach(), atol=1e-5)
+    assert kl[~rows].eq(0).all()
+    assert all(torch.allclose(g, h, atol=1e-6) for g, h in zip(grads, full_grads, strict=True))

@@ -42,6 +42,20 @@ def require_rollout_callback(callbacks: list) -> None:
         )
 
 
+def trained_rows_logprobs(model, prefix: torch.Tensor, prefix_mask: torch.Tensor, responses: torch.Tensor,
+                          rows: torch.Tensor, conditioner=None) -> torch.Tensor:
+    """(S,T) log-probs of the response tokens on `rows` (S,), 0 elsewhere: a rejected sample (keep = False) has
+    a_ij = 0 whatever w is, so no loss, lookahead or metric reads its reference log-probs; the pass skips it."""
+    out = torch.zeros(responses.shape, dtype=torch.float32, device=responses.device)
+    if rows.all():
+        return sequence_logprobs(model, prefix, prefix_mask, responses, conditioner=conditioner)
+    idx = rows.nonzero().squeeze(1)
+    if len(idx):
+        logp = sequence_logprobs(model, prefix[idx], prefix_mask[idx], responses[idx], conditioner=conditioner)
+        out = out.to(logp.dtype).index_copy(0, idx, logp)
+    return out
+
+
 def source_inputs(module: L.LightningModule, prompts: list[str], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B,F) what the preference source reads: a learnable PWN the prompt features h(x) (a pass of pi_ref);
     a per-group source (`pwn=group`) the prompts' group codes; the other static sources nothing."""
@@ -87,7 +101,7 @@ class RejectionSampling(RolloutCallback):
             seq_prefix = torch.cat([ids.repeat_interleave(N, 0), module.conditioner.tag_ids(tags.reshape(S, K))], 1)
             seq_mask = torch.cat([mask.repeat_interleave(N, 0), torch.ones(S, K, dtype=mask.dtype, device=module.device)], 1)
         with section("reference"), torch.no_grad(), module.reference() as ref:
-            ref_logp = sequence_logprobs(ref, seq_prefix, seq_mask, responses, conditioner=module.conditioner)
+            ref_logp = trained_rows_logprobs(ref, seq_prefix, seq_mask, responses, keep.flatten(), module.conditioner)
         with section("meta"):  # the front objective's held-out samples are the meta step's cost
             front = self.front_batch(module, prompts) if module.meta.outer == "front" and module.meta_due() else None
         return Rollout(
