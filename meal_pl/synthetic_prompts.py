@@ -12,6 +12,7 @@ seed, with no files.
 from __future__ import annotations
 
 import random
+import string
 from typing import Any
 
 from meal_pl.data import ASSISTANT, HUMAN, PromptDataModule
@@ -36,12 +37,25 @@ N_TO_Z = (
     "watch water way well went what when where which white why will wind with word work world write year yes "
     "yet young your zero zoo"
 ).split()
-FAMILIES = {"a": (A_TO_M, N_TO_Z), "b": (N_TO_Z, A_TO_M)}  # family -> (its own words, the other set's)
+WORDS = A_TO_M + N_TO_Z
+LETTER_SETS = ("abcdefghijklm", "nopqrstuvwxyz")  # synthetic's two rewards; synthetic3's: a-h, i-p, q-z
 
 
-def family_text(rng: random.Random, family: str, num_words: int, share: float) -> str:
+def families(letter_sets: tuple[str, ...] | list[str] = LETTER_SETS) -> dict[str, tuple[list[str], list[str]]]:
+    """Family name ("a", "b", "c", ... in set order) -> (words starting in its letter set, the other sets' words)."""
+    return {
+        string.ascii_lowercase[i]: ([w for w in WORDS if w[0] in letters], [w for w in WORDS if w[0] not in letters])
+        for i, letters in enumerate(letter_sets)
+    }
+
+
+FAMILIES = families()  # K=2: family "a" -> (A_TO_M, N_TO_Z), "b" -> (N_TO_Z, A_TO_M)
+
+
+def family_text(rng: random.Random, family: str, num_words: int, share: float,
+                table: dict[str, tuple[list[str], list[str]]] = FAMILIES) -> str:
     """num_words words, round(share * num_words) of them from the family's own set, in random positions."""
-    own, other = FAMILIES[family]
+    own, other = table[family]
     k = round(share * num_words)
     words = [rng.choice(own) for _ in range(k)] + [rng.choice(other) for _ in range(num_words - k)]
     rng.shuffle(words)
@@ -55,10 +69,17 @@ def letter_family_records(
     response_words: int = 10,
     responses_per_prompt: int = 2,
     seed: int = 0,
+    letter_sets: tuple[str, ...] | list[str] = LETTER_SETS,
 ) -> list[dict]:
-    """num_prompts distinct HH prompts, families "a" and "b" alternating, each with in-style SFT responses."""
-    if num_prompts < 2 or num_prompts % 2:
-        raise ValueError(f"data.num_prompts must be an even number >= 2 (two equal families), got {num_prompts}")
+    """num_prompts distinct HH prompts, one family per letter set in turn ("a", "b", ...), each with in-style
+    SFT responses."""
+    table = families(tuple(letter_sets))
+    F = len(table)
+    letters = "".join(letter_sets)
+    if F < 2 or len(set(letters)) != len(letters) or any(not any(w[0] in s for w in WORDS) for s in letter_sets):
+        raise ValueError(f"data.letter_sets={list(letter_sets)} must be >= 2 disjoint letter sets, each starting some word")
+    if num_prompts < F or num_prompts % F:
+        raise ValueError(f"data.num_prompts must be a multiple of the {F} families (equal families), got {num_prompts}")
     if not 0.5 < share <= 1.0:
         raise ValueError(f"data.share must be in (0.5, 1] (the family's own letter set is the majority), got {share}")
     for key, value in (("prompt_words", prompt_words), ("response_words", response_words)):
@@ -69,12 +90,12 @@ def letter_family_records(
     rng = random.Random(seed)
     records, seen = [], set()
     for i in range(num_prompts):
-        family = "ab"[i % 2]
-        prompt = f"{HUMAN} {family_text(rng, family, prompt_words, share)}{ASSISTANT}"
+        family = string.ascii_lowercase[i % F]
+        prompt = f"{HUMAN} {family_text(rng, family, prompt_words, share, table)}{ASSISTANT}"
         while prompt in seen:  # ~1e-13 for 10 words; kept so the count is exact whatever the settings
-            prompt = f"{HUMAN} {family_text(rng, family, prompt_words, share)}{ASSISTANT}"
+            prompt = f"{HUMAN} {family_text(rng, family, prompt_words, share, table)}{ASSISTANT}"
         seen.add(prompt)
-        responses = [family_text(rng, family, response_words, share) for _ in range(responses_per_prompt)]
+        responses = [family_text(rng, family, response_words, share, table) for _ in range(responses_per_prompt)]
         records.append({"prompt": prompt, "responses": responses, "group": family})
     return records
 
@@ -84,11 +105,12 @@ class LetterFamilyDataModule(PromptDataModule):
 
     def __init__(self, num_prompts: int = 256, share: float = 0.8, prompt_words: int = 10, response_words: int = 10,
                  responses_per_prompt: int = 2, generator_seed: int = 0, balance_eval_groups: bool = True,
-                 **datamodule: Any) -> None:
+                 letter_sets: list[str] | None = None, **datamodule: Any) -> None:
         """The generator's settings; `datamodule` are PromptDataModule's (batch_size, eval_size, seed, ...)."""
         super().__init__(balance_eval_groups=balance_eval_groups, **datamodule)
         self.generator = dict(num_prompts=num_prompts, share=share, prompt_words=prompt_words,
-                              response_words=response_words, responses_per_prompt=responses_per_prompt, seed=generator_seed)
+                              response_words=response_words, responses_per_prompt=responses_per_prompt, seed=generator_seed,
+                              letter_sets=tuple(letter_sets or LETTER_SETS))
         # Generated now (milliseconds), so bad settings fail when the config is instantiated, not at setup.
         self.records = letter_family_records(**self.generator)
 
