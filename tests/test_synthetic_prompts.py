@@ -45,6 +45,19 @@ def test_families_are_equal_and_lean_to_their_letter_set():
     assert share["a"] - share["b"] > 0.5
 
 
+def test_three_letter_sets_give_three_leaning_families():
+    """synthetic3_prompted's data: one family per letter set, each 80% its own set's words, the rest the others'."""
+    sets = ["abcdefgh", "ijklmnop", "qrstuvwxyz"]
+    records = letter_family_records(num_prompts=30, seed=0, letter_sets=sets)
+    assert Counter(r["group"] for r in records) == {"a": 10, "b": 10, "c": 10}
+    rewards = [WordShareReward(letters) for letters in sets]
+    for r in records:
+        own = "abc".index(r["group"])
+        for text in (words_of(r["prompt"]), *r["responses"]):
+            shares = [reward.score(text) for reward in rewards]
+            assert shares[own] == pytest.approx(0.8) and sum(shares) == pytest.approx(1.0)
+
+
 def test_generation_is_seeded():
     assert letter_family_records(num_prompts=8, seed=1) == letter_family_records(num_prompts=8, seed=1)
     assert letter_family_records(num_prompts=8, seed=1) != letter_family_records(num_prompts=8, seed=2)
@@ -52,7 +65,8 @@ def test_generation_is_seeded():
 
 @pytest.mark.parametrize(
     "kwargs, key",
-    [({"num_prompts": 7}, "data.num_prompts"), ({"share": 0.4}, "data.share"), ({"response_words": 0}, "data.response_words")],
+    [({"num_prompts": 7}, "data.num_prompts"), ({"share": 0.4}, "data.share"), ({"response_words": 0}, "data.response_words"),
+     ({"letter_sets": ["abc", "cde"]}, "data.letter_sets"), ({"letter_sets": ["abcdefgh", "ijklmnop", "qrstuvwxyz"]}, "data.num_prompts")],
 )
 def test_bad_settings_name_the_config_key(kwargs, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
@@ -113,6 +127,17 @@ def test_objective_alone_selects_the_prompted_data(tmp_path):
     # an explicit data choice on the command line still wins
     explicit = compose_train(TINY + ["objective=synthetic_prompted", "data=default"], tmp_path)
     assert explicit.data._target_ == "meal_pl.data.PromptDataModule"
+
+
+def test_synthetic3_prompted_is_synthetic3_on_three_families(tmp_path):
+    cfg = compose_train(TINY + ["objective=synthetic3_prompted"], tmp_path)
+    synthetic3 = compose_train(TINY + ["objective=synthetic3"], tmp_path)
+    for key in ("rewards", "reference_point", "front", "grid_points"):
+        assert cfg.objective[key] == synthetic3.objective[key]
+    assert (cfg.objective.warm_start_tags, cfg.objective.warm_start_steps) == ("neutral", 400)
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    assert set(dm.eval_groups()) == {"a", "b", "c"}
 
 
 def test_the_objectives_warm_start_length_wins_for_every_method(tmp_path):
