@@ -43,10 +43,11 @@ LETTER_SETS = ("abcdefghijklm", "nopqrstuvwxyz")  # synthetic's two rewards; syn
 
 def families(letter_sets: tuple[str, ...] | list[str] = LETTER_SETS) -> dict[str, tuple[list[str], list[str]]]:
     """Family name ("a", "b", "c", ... in set order) -> (words starting in its letter set, the other sets' words)."""
-    return {
-        string.ascii_lowercase[i]: ([w for w in WORDS if w[0] in letters], [w for w in WORDS if w[0] not in letters])
-        for i, letters in enumerate(letter_sets)
-    }
+    table = {}
+    for i, letters in enumerate(letter_sets):
+        others = "".join(s for j, s in enumerate(letter_sets) if j != i)
+        table[string.ascii_lowercase[i]] = ([w for w in WORDS if w[0] in letters], [w for w in WORDS if w[0] in others])
+    return table
 
 
 FAMILIES = families()  # K=2: family "a" -> (A_TO_M, N_TO_Z), "b" -> (N_TO_Z, A_TO_M)

@@ -46,10 +46,10 @@ def trained_rows_logprobs(model, prefix: torch.Tensor, prefix_mask: torch.Tensor
                           rows: torch.Tensor, conditioner=None) -> torch.Tensor:
     """(S,T) log-probs of the response tokens on `rows` (S,), 0 elsewhere: a rejected sample (keep = False) has
     a_ij = 0 whatever w is, so no loss, lookahead or metric reads its reference log-probs; the pass skips it."""
-    out = torch.zeros(responses.shape, dtype=torch.float32, device=responses.device)
     if rows.all():
         return sequence_logprobs(model, prefix, prefix_mask, responses, conditioner=conditioner)
     idx = rows.nonzero().squeeze(1)
+    out = torch.zeros(responses.shape, dtype=torch.float32, device=responses.device)
     if len(idx):
         logp = sequence_logprobs(model, prefix[idx], prefix_mask[idx], responses[idx], conditioner=conditioner)
         out = out.to(logp.dtype).index_copy(0, idx, logp)
