@@ -101,12 +101,15 @@ class UniformPreferences(nn.Module):
         return dist.sample((features.shape[0],))
 
 
-def checked_preference(values, num_objectives: int, key: str) -> Tensor:
-    """`values` as a (K,) preference on the simplex; a one-line ValueError naming `key` otherwise."""
-    w = torch.tensor(list(values), dtype=torch.float32).flatten()
-    given = f"{key}={[round(v, 6) for v in w.tolist()]}"
+def checked_preference(values, num_objectives: int, key: str, names: list[str] | None = None) -> Tensor:
+    """`values` as a (K,) preference on the simplex; a one-line ValueError naming `key`, the value and the fix
+    otherwise (config weights and the CLIs' `preference=` alike)."""
+    w = torch.as_tensor(values, dtype=torch.float32).flatten()
+    given = f"{key}=[" + ",".join(f"{v:g}" for v in w.tolist()) + "]"  # as typed, not float32's 0.800000011920929
     if w.numel() != num_objectives:
-        raise ValueError(f"{given} has {w.numel()} values; give one per objective ({num_objectives}), summing to 1")
+        named = f" ({names})" if names else ""
+        raise ValueError(f"{given} has {w.numel()} values but the objective has {num_objectives}{named}; give one per "
+                         "objective, summing to 1")
     if (w < 0).any() or not torch.isfinite(w).all():
         raise ValueError(f"{given} has a negative or non-finite value; give weights >= 0 that sum to 1")
     if abs(float(w.sum()) - 1) > 1e-3:

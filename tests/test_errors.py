@@ -63,9 +63,9 @@ def test_cli_reports_a_run_error_in_one_line_and_keeps_the_traceback_in_the_run_
 @pytest.mark.parametrize(
     "weights, message",
     [
-        ([0.5, 0.3, 0.2], r"algorithm.pwn.weights=\[0.5, 0.3, 0.2\] has 3 values; give one per objective \(2\)"),
-        ([1.2, -0.2], r"algorithm.pwn.weights=\[1.2, -0.2\] has a negative or non-finite value"),
-        ([0.5, 0.6], r"algorithm.pwn.weights=\[0.5, 0.6\] sums to 1.1000; give weights that sum to 1"),
+        ([0.5, 0.3, 0.2], r"algorithm.pwn.weights=\[0.5,0.3,0.2\] has 3 values but the objective has 2; give one per objective"),
+        ([1.2, -0.2], r"algorithm.pwn.weights=\[1.2,-0.2\] has a negative or non-finite value"),
+        ([0.5, 0.6], r"algorithm.pwn.weights=\[0.5,0.6\] sums to 1.1000; give weights that sum to 1"),
     ],
 )
 def test_bad_preference_vector(weights, message):

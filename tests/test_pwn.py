@@ -56,7 +56,7 @@ def test_group_source_draws_around_each_groups_mean():
 def test_group_source_refuses_bad_settings_in_one_line():
     with pytest.raises(ValueError, match="algorithm.pwn.means is empty"):
         GroupPreferences(4, 2, {})
-    with pytest.raises(ValueError, match=r"algorithm.pwn.means.a=\[0.7, 0.7\] sums to"):
+    with pytest.raises(ValueError, match=r"algorithm.pwn.means.a=\[0.7,0.7\] sums to"):
         GroupPreferences(4, 2, {"a": [0.7, 0.7]})
     with pytest.raises(ValueError, match=r"names groups \['x'\].*their groups: \['a', 'b'\]"):
         GroupPreferences(4, 2, {"x": [0.5, 0.5]}).codes(["a", "b"])

@@ -18,6 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from meal_pl.chat import FLAG as CHAT_FLAG
 from meal_pl.conditioning.base import preference_modules
+from meal_pl.pwn import checked_preference
 
 
 class TextTagConditioner:
@@ -174,12 +175,4 @@ def _turn_opening_token(tokenizer: PreTrainedTokenizerBase) -> int:
 
 def check_preference(weights: list[float] | Tensor, names: list[str]) -> Tensor:
     """Validate a user-given preference vector; the error names the value and the fix."""
-    w = torch.as_tensor(weights, dtype=torch.float32).flatten()
-    shown = "[" + ",".join(f"{v:g}" for v in w.tolist()) + "]"  # as typed, not float32's 0.800000011920929
-    if w.numel() != len(names):
-        raise ValueError(f"preference={shown} has {w.numel()} values but the objective has {len(names)} ({names})")
-    if (w < 0).any() or not torch.isfinite(w).all():
-        raise ValueError(f"preference={shown} has a negative or non-finite value; give weights >= 0")
-    if abs(float(w.sum()) - 1.0) > 1e-3:
-        raise ValueError(f"preference={shown} sums to {float(w.sum()):.4f}; weights must sum to 1")
-    return w
+    return checked_preference(weights, len(names), "preference", names)
