@@ -31,7 +31,7 @@ from common import NO_EVAL, ROOT, StepClock, quick_config
 METHODS = {"ric": "ric", "meal": "meal"}  # meal = the default (alternating, outer=shortfall)
 QUICK = {"name": "quick", "overrides": []}  # the bench's quick model
 TINY = {"name": "tiny", "overrides": ["model.hidden_size=192", "model.num_layers=4", "model.num_heads=4",
-                                      "model.intermediate_size=512", "model.vocab_size=2048"]}  # conf/model/tiny.yaml
+                                      "model.intermediate_size=512", "model.vocab_size=512"]}  # conf/model/tiny.yaml
 LLAMA_20M = {"name": "20M", "overrides": ["model.hidden_size=512", "model.num_layers=6", "model.num_heads=8",
                                           "model.intermediate_size=1376", "model.vocab_size=2048"]}
 AXES = {

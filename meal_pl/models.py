@@ -24,7 +24,7 @@ from transformers import (
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 
 
-def train_tokenizer(corpus: list[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+def train_tokenizer(corpus: list[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on the prompt corpus (well under a second): no tokenizer file needed."""
     if not corpus:
         raise ValueError("model=tiny trains its tokenizer on the prompt corpus, but the corpus is empty; check data.path")
@@ -43,7 +43,7 @@ def train_tokenizer(corpus: list[str], vocab_size: int = 2048) -> PreTrainedToke
 
 def tiny_llama(
     corpus: list[str] | None = None,
-    vocab_size: int = 2048,
+    vocab_size: int = 512,
     hidden_size: int = 128,
     num_layers: int = 2,
     num_heads: int = 4,
