@@ -27,11 +27,14 @@ import tempfile
 from pathlib import Path
 
 from common import NO_EVAL, ROOT, StepClock, quick_config
+from omegaconf import OmegaConf
 
+SIZE_KEYS = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "vocab_size")
 METHODS = {"ric": "ric", "meal": "meal"}  # meal = the default (alternating, outer=shortfall)
 QUICK = {"name": "quick", "overrides": []}  # the bench's quick model
-TINY = {"name": "tiny", "overrides": ["model.hidden_size=192", "model.num_layers=4", "model.num_heads=4",
-                                      "model.intermediate_size=512", "model.vocab_size=512"]}  # conf/model/tiny.yaml
+# conf/model/tiny.yaml's sizes over the quick model's, read from the config so the two cannot drift apart.
+_TINY_CONFIG = OmegaConf.load(ROOT / "conf" / "model" / "tiny.yaml")
+TINY = {"name": "tiny", "overrides": [f"model.{key}={_TINY_CONFIG[key]}" for key in SIZE_KEYS]}
 LLAMA_20M = {"name": "20M", "overrides": ["model.hidden_size=512", "model.num_layers=6", "model.num_heads=8",
                                           "model.intermediate_size=1376", "model.vocab_size=2048"]}
 AXES = {
