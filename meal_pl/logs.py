@@ -65,12 +65,15 @@ def emit(lines: list[str]) -> None:
 def config_summary(cfg: DictConfig, choices: dict[str, Any], ckpt_path: str | None) -> list[str]:
     """The few settings that identify a run, for the top of the log."""
     sampler = cfg.algorithm.get("sampler") or {}
+    # An objective may fix its own warm start (objective.warm_start_steps wins, as in MealModule).
+    own_steps = (cfg.get("objective") or {}).get("warm_start_steps")
+    warm_start_steps = cfg.algorithm.get("warm_start_steps") if own_steps is None else own_steps
     lines = [
         f"run directory: {cfg.paths.output_dir}",
         "config: " + ", ".join(f"{k}={choices[k]}" for k in ("objective", "model", "algorithm", "pwn", "hardware") if k in choices),
         f"seed={cfg.seed}, trainer.max_steps={cfg.trainer.max_steps}, data.batch_size={cfg.data.get('batch_size')}, "
         f"samples per prompt={sampler.get('num_samples')}, max_new_tokens={sampler.get('max_new_tokens')}, "
-        f"warm_start_steps={cfg.algorithm.get('warm_start_steps')}",
+        f"warm_start_steps={warm_start_steps}",
     ]
     if ckpt_path:
         lines.append(f"resuming from {ckpt_path}")

@@ -45,3 +45,16 @@ def test_summary_prints_pwn_weights_per_group():
     ric = summary_lines(4, 1.0, REPORT | {"groups": groups}, "/tmp/run", pwn=False)
     assert not any("0.81" in line for line in ric) and any("HV 0.3125" in line for line in ric)
     assert not any("per prompt group" in line for line in summary_lines(4, 1.0, REPORT | {"groups": {}}, "/tmp/run", pwn=True))
+
+
+def test_config_summary_logs_the_warm_start_the_run_uses():
+    from omegaconf import OmegaConf
+
+    from meal_pl.logs import config_summary
+
+    cfg = OmegaConf.create({"paths": {"output_dir": "/tmp/run"}, "seed": 0, "trainer": {"max_steps": 4},
+                            "data": {"batch_size": 2}, "algorithm": {"warm_start_steps": 300, "sampler": {}},
+                            "objective": {"warm_start_steps": 1200}})
+    assert "warm_start_steps=1200" in config_summary(cfg, {}, None)[-1]
+    cfg.objective = {}
+    assert "warm_start_steps=300" in config_summary(cfg, {}, None)[-1]
