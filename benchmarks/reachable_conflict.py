@@ -1,0 +1,99 @@
+"""Do the objectives conflict within what a trained policy writes? A policy can only be steered along a trade-off
+its own samples contain.
+
+    python benchmarks/reachable_conflict.py RUN_DIR                     # a run directory or a .ckpt
+    python benchmarks/reachable_conflict.py RUN_DIR --samples 4 --points 3 --out DIR
+
+Loads the run's checkpoint, answers its held-out prompts --samples times (evaluation seeds 1234, 1235, ...)
+under each of --points preferences on the simplex grid, and scores every response. Reports, per preference,
+the mean raw rewards; over all responses, the correlation between each pair of objectives; and, for each pair
+(i, j), the mean of objective i among the responses in the bottom and top quartile of objective j: when the
+responses worst on j are the best on i, the two conflict in what the policy writes, and conditioning has a
+trade to learn. The same two statistics of the data's own responses (the warm start's (prompt, response)
+pairs) say what a policy that wrote like the data could trade. Prints the table, writes reachable_conflict.json to --out (default: the run directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from meal_pl.pareto import simplex_grid  # noqa: E402
+from meal_pl.restore import find_checkpoint, load_run  # noqa: E402
+
+
+def sample_rewards(module, prompts: list[str], weights: torch.Tensor, samples: int) -> torch.Tensor:
+    """Raw rewards (M, samples * P, K): `samples` responses per prompt under each preference of `weights`."""
+    out = []
+    for r in range(samples):
+        module.eval_seed = 1234 + r
+        with torch.no_grad():
+            out.append(module.evaluate_front_per_prompt(prompts, weights).float().cpu())
+    return torch.cat(out, 1)
+
+
+def quartile_means(rewards: torch.Tensor) -> dict[str, dict[str, list[float]]]:
+    """{i: {j: [mean r_i where r_j <= its 25th percentile, mean r_i where r_j >= its 75th]}} over (S, K) rewards."""
+    lo, hi = rewards.quantile(0.25, dim=0), rewards.quantile(0.75, dim=0)
+    K = rewards.shape[1]
+    return {i: {j: [rewards[rewards[:, j] <= lo[j], i].mean().item(), rewards[rewards[:, j] >= hi[j], i].mean().item()]
+                for j in range(K) if j != i} for i in range(K)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", help="a run directory (its checkpoints/last.ckpt) or a .ckpt file")
+    parser.add_argument("--samples", type=int, default=4, help="responses per prompt and preference")
+    parser.add_argument("--points", type=int, default=3, help="preferences: the simplex grid of this many points")
+    parser.add_argument("--prompts", type=int, default=32, help="the first n held-out prompts")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    module, datamodule, _ = load_run(args.run)
+    datamodule.setup("fit")
+    prompts = datamodule.eval_prompts(args.prompts)
+    names = list(module.objective_names)
+    grid = simplex_grid(len(names), args.points)
+    rewards = sample_rewards(module, prompts, grid.to(module.device), args.samples)  # (M, S, K)
+    pooled = rewards.reshape(-1, len(names))
+    pooled = pooled[torch.isfinite(pooled).all(-1)]
+    corr = torch.corrcoef(pooled.T)
+    quart = quartile_means(pooled)
+    pairs = datamodule.sft_pairs()
+    data = module.rewards([p for p, _ in pairs], [r for _, r in pairs]).float().cpu()
+    data = data[torch.isfinite(data).all(-1)]
+    data_corr, data_quart = torch.corrcoef(data.T), quartile_means(data)
+    report = {
+        "checkpoint": str(find_checkpoint(args.run)[0]), "objectives": names, "prompts": len(prompts),
+        "samples": args.samples,
+        "per_preference": [{"preference": w.tolist(), "mean": rewards[m].nanmean(0).tolist(), "sd": rewards[m].std(0).tolist()}
+                           for m, w in enumerate(grid)],
+        "correlation": corr.tolist(),
+        "quartile_means": {names[i]: {names[j]: v for j, v in d.items()} for i, d in quart.items()},
+        "data": {"responses": len(data), "mean": data.mean(0).tolist(), "correlation": data_corr.tolist(),
+                 "quartile_means": {names[i]: {names[j]: v for j, v in d.items()} for i, d in data_quart.items()}},
+    }
+    print(f"{len(prompts)} held-out prompts x {args.samples} samples per preference; {report['checkpoint']}")
+    print("| preference | " + " | ".join(f"mean {n}" for n in names) + " |")
+    print("|---|" + "---|" * len(names))
+    for row in report["per_preference"]:
+        w = ", ".join(f"{x:.2f}" for x in row["preference"])
+        print(f"| ({w}) | " + " | ".join(f"{x:.3f}" for x in row["mean"]) + " |")
+    for source, q, c in (("policy", report["quartile_means"], corr), ("data", report["data"]["quartile_means"], data_corr)):
+        for i, d in q.items():
+            for j, (low, high) in d.items():
+                print(f"{source}: {i} among the responses worst / best on {j}: {low:.3f} / {high:.3f} "
+                      f"(correlation {c[names.index(i), names.index(j)]:.3f})")
+    out = args.out or find_checkpoint(args.run)[1]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reachable_conflict.json").write_text(json.dumps(report, indent=1))
+    print(f"wrote {out / 'reachable_conflict.json'}")
+
+
+if __name__ == "__main__":
+    main()
