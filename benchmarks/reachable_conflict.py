@@ -6,7 +6,7 @@ its own samples contain.
 
 Loads the run's checkpoint, answers its held-out prompts --samples times (evaluation seeds 1234, 1235, ...)
 under each of --points preferences on the simplex grid, and scores every response. Reports, per preference,
-the mean raw rewards; over all responses, the correlation between each pair of objectives; and, for each pair
+the mean raw rewards and the share of distinct tokens per response (near 0: the policy repeats itself); over all responses, the correlation between each pair of objectives; and, for each pair
 (i, j), the mean of objective i among the responses in the bottom and top quartile of objective j: when the
 responses worst on j are the best on i, the two conflict in what the policy writes, and conditioning has a
 trade to learn. The same two statistics of the data's own responses (the warm start's (prompt, response)
@@ -26,16 +26,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from meal_pl.pareto import simplex_grid  # noqa: E402
 from meal_pl.restore import find_checkpoint, load_run  # noqa: E402
+from meal_pl.step_metrics import distinct_token_share  # noqa: E402
 
 
-def sample_rewards(module, prompts: list[str], weights: torch.Tensor, samples: int) -> torch.Tensor:
-    """Raw rewards (M, samples * P, K): `samples` responses per prompt under each preference of `weights`."""
-    out = []
+def sample_rewards(module, prompts: list[str], weights: torch.Tensor, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(raw rewards (M, samples * P, K), distinct-token shares (M, samples * P)): `samples` responses per prompt
+    under each preference of `weights`, as the evaluation draws them (evaluation seeds 1234, 1235, ...)."""
+    M, P = len(weights), len(prompts)
+    rewards, distinct = [], []
     for r in range(samples):
         module.eval_seed = 1234 + r
-        with torch.no_grad():
-            out.append(module.evaluate_front_per_prompt(prompts, weights).float().cpu())
-    return torch.cat(out, 1)
+        texts = module.respond(prompts * M, weights.repeat_interleave(P, 0))
+        rewards.append(module.rewards(prompts * M, texts).float().cpu().view(M, P, -1))
+        enc = module.tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+        distinct.append(distinct_token_share(enc["input_ids"], enc["attention_mask"]).view(M, P))
+    return torch.cat(rewards, 1), torch.cat(distinct, 1)
 
 
 def quartile_means(rewards: torch.Tensor) -> dict[str, dict[str, list[float]]]:
@@ -59,7 +64,7 @@ def main() -> None:
     prompts = datamodule.eval_prompts(args.prompts)
     names = list(module.objective_names)
     grid = simplex_grid(len(names), args.points)
-    rewards = sample_rewards(module, prompts, grid.to(module.device), args.samples)  # (M, S, K)
+    rewards, distinct = sample_rewards(module, prompts, grid.to(module.device), args.samples)  # (M, S, K), (M, S)
     pooled = rewards.reshape(-1, len(names))
     pooled = pooled[torch.isfinite(pooled).all(-1)]
     corr = torch.corrcoef(pooled.T)
@@ -71,7 +76,8 @@ def main() -> None:
     report = {
         "checkpoint": str(find_checkpoint(args.run)[0]), "objectives": names, "prompts": len(prompts),
         "samples": args.samples,
-        "per_preference": [{"preference": w.tolist(), "mean": rewards[m].nanmean(0).tolist(), "sd": rewards[m].std(0).tolist()}
+        "per_preference": [{"preference": w.tolist(), "mean": rewards[m].nanmean(0).tolist(), "sd": rewards[m].std(0).tolist(),
+                            "distinct_tokens": distinct[m].mean().item()}
                            for m, w in enumerate(grid)],
         "correlation": corr.tolist(),
         "quartile_means": {names[i]: {names[j]: v for j, v in d.items()} for i, d in quart.items()},
@@ -79,11 +85,11 @@ def main() -> None:
                  "quartile_means": {names[i]: {names[j]: v for j, v in d.items()} for i, d in data_quart.items()}},
     }
     print(f"{len(prompts)} held-out prompts x {args.samples} samples per preference; {report['checkpoint']}")
-    print("| preference | " + " | ".join(f"mean {n}" for n in names) + " |")
-    print("|---|" + "---|" * len(names))
+    print("| preference | " + " | ".join(f"mean {n}" for n in names) + " | distinct tokens |")
+    print("|---|" + "---|" * (len(names) + 1))
     for row in report["per_preference"]:
         w = ", ".join(f"{x:.2f}" for x in row["preference"])
-        print(f"| ({w}) | " + " | ".join(f"{x:.3f}" for x in row["mean"]) + " |")
+        print(f"| ({w}) | " + " | ".join(f"{x:.3f}" for x in row["mean"]) + f" | {row['distinct_tokens']:.2f} |")
     for source, q, c in (("policy", report["quartile_means"], corr), ("data", report["data"]["quartile_means"], data_corr)):
         for i, d in q.items():
             for j, (low, high) in d.items():

@@ -9,6 +9,15 @@ from meal_pl import losses
 from meal_pl.rollout import Rollout
 
 
+def distinct_token_share(responses: Tensor, mask: Tensor) -> Tensor:
+    """(S,) distinct tokens / tokens of each response (distinct-1; 0 for an empty one): near 0 when a policy
+    repeats one token, the usual sign that it found text a reward scores well without answering."""
+    tokens = responses.masked_fill(~mask.bool(), -1).sort(-1).values  # padding (-1) sorts first
+    first = torch.ones_like(tokens, dtype=torch.bool)
+    first[:, 1:] = tokens[:, 1:] != tokens[:, :-1]
+    return (first & (tokens >= 0)).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
 def step_metrics(r: Rollout, names: list[str], loss: Tensor, kl: Tensor, lr: float) -> tuple[dict[str, float], dict[str, int]]:
     """(metrics by tag as plain floats, this step's counts to add to the run's counters).
 
@@ -28,6 +37,7 @@ def step_metrics(r: Rollout, names: list[str], loss: Tensor, kl: Tensor, lr: flo
     lengths = r.resp_mask.sum(-1)
     values["perf/tokens_per_s"] = lengths.sum() / max(r.gen_time, 1e-9)
     values["train/response_length"] = lengths.float().mean()
+    values["train/distinct_tokens"] = distinct_token_share(r.responses, r.resp_mask).float().mean()
     tallies = {f"count/{k}": torch.as_tensor(v, device=lengths.device) for k, v in r.counts.items()}
     tallies["count/empty_responses"] = (lengths <= 1).sum()  # EOS at step 0 or nothing
     groups = r.responses.view(B, N, -1)  # a group of N identical (padded) responses

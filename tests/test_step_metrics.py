@@ -6,7 +6,7 @@ from conftest import TINY, compose_train
 from lightning.pytorch.loggers.logger import DummyLogger
 
 from meal_pl.rollout import Rollout
-from meal_pl.step_metrics import step_metrics
+from meal_pl.step_metrics import distinct_token_share, step_metrics
 from meal_pl.train import build_run
 
 
@@ -35,8 +35,15 @@ def test_step_metrics_by_hand():
     assert metrics["train/kl"] == (1.0 + 4.0) / 2
     assert metrics["train/rejection_rate"] == pytest.approx(1 - 2 / 3) and metrics["train/exploration_rate"] == 0.5
     assert metrics["perf/tokens_per_s"] == 8 / 2.0 and metrics["train/response_length"] == 2.0
+    assert metrics["train/distinct_tokens"] == 1.0  # no response repeats a token
     assert counts == {"truncated_prompts": 1, "invalid_rewards": 1, "empty_responses": 1, "identical_groups": 1}
     assert all(type(v) is int for v in counts.values())
+
+
+def test_distinct_token_share_counts_each_token_once_and_ignores_padding():
+    responses = torch.tensor([[3, 3, 3, 3], [1, 2, 1, 0], [0, 0, 0, 0], [5, 6, 7, 8]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
+    assert distinct_token_share(responses, mask).tolist() == pytest.approx([0.25, 2 / 3, 0.0, 1.0])
 
 
 class RecordingLogger(DummyLogger):
@@ -60,7 +67,7 @@ def test_step_metrics_reach_the_logger_once_per_log_every_n_steps_and_callback_m
     steps = [(step, metrics) for metrics, step in recorder.calls if "train/policy_loss" in metrics]
     assert [s for s, _ in steps] == [2, 4]  # one batch of scalars per log_every_n_steps, at the policy's step
     names = {"reward/a_to_m", "reward/n_to_z", "reward/scalarized", "pwn/weight_a_to_m", "pwn/weight_n_to_z",
-             "train/policy_loss", "train/kl", "train/lr", "train/rejection_rate", "perf/tokens_per_s",
+             "train/policy_loss", "train/kl", "train/lr", "train/rejection_rate", "train/distinct_tokens", "perf/tokens_per_s",
              "count/invalid_rewards", "count/truncated_prompts", "count/empty_responses", "count/identical_groups"}
     for _, metrics in steps:
         assert names <= set(metrics) and all(type(v) is float for v in metrics.values())

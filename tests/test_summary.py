@@ -19,6 +19,13 @@ def test_summary_keeps_long_paths_whole_and_shows_the_pwn_only_for_meal(tmp_path
     assert any("0.1000 (initial) -> 0.2000 (final)" in line for line in ric)
 
 
+def test_summary_warns_when_the_policy_repeats_itself():
+    fine = summary_lines(120, 1.0, REPORT, "/tmp/run", pwn=False, distinct_tokens=0.83)
+    stuck = summary_lines(120, 1.0, REPORT, "/tmp/run", pwn=False, distinct_tokens=0.06)
+    assert any("distinct tokens" in line and "0.83" in line and "repeats" not in line for line in fine)
+    assert any("0.06" in line and "the policy repeats itself" in line for line in stuck)
+
+
 def test_adverts_are_dropped_and_other_records_pass():
     import logging
 

@@ -15,9 +15,18 @@ def has_pwn(pl_module: L.LightningModule) -> bool:
     return bool(getattr(getattr(pl_module, "pwn", None), "learnable", False))
 
 
-def summary_lines(steps: int, wall_s: float, report: dict | None, outputs: str, pwn: bool) -> list[str]:
+# Below this share of distinct tokens per response a policy repeats itself (measured, README "The default run": text
+# 0.70-0.91, the degenerate blanks and repeated letters that reward-hacked the helpful/harmless proxies 0.05-0.22).
+REPETITIVE = 0.4
+
+
+def summary_lines(steps: int, wall_s: float, report: dict | None, outputs: str, pwn: bool,
+                  distinct_tokens: float | None = None) -> list[str]:
     """`label  value` lines; plain text (not a table), so a piped stdout keeps every path whole."""
     rows = [("steps", str(steps)), ("wall time", f"{wall_s:.1f} s")]
+    if distinct_tokens is not None:
+        warning = " - the policy repeats itself: read generations.json" if distinct_tokens < REPETITIVE else ""
+        rows.append(("distinct tokens", f"{distinct_tokens:.2f} of a response's tokens (last step){warning}"))
     if report:
         rows.append(("hypervolume", f"{report['initial_hypervolume']:.4f} (initial) -> {report['hypervolume']:.4f} (final)"))
         if report.get("hypervolume_ratio") is not None:
@@ -64,4 +73,6 @@ class RunSummary(L.Callback):
         if not trainer.is_global_zero:
             return
         report = next((getattr(cb, "final_report", None) for cb in trainer.callbacks if getattr(cb, "final_report", None)), None)
-        emit(summary_lines(trainer.global_step, time.perf_counter() - self.start, report, trainer.default_root_dir, has_pwn(pl_module)))
+        distinct = trainer.callback_metrics.get("train/distinct_tokens")
+        emit(summary_lines(trainer.global_step, time.perf_counter() - self.start, report, trainer.default_root_dir,
+                           has_pwn(pl_module), None if distinct is None else float(distinct)))
