@@ -6,11 +6,13 @@ its own samples contain.
 
 Loads the run's checkpoint, answers its held-out prompts --samples times (evaluation seeds 1234, 1235, ...)
 under each of --points preferences on the simplex grid, and scores every response. Reports, per preference,
-the mean raw rewards and the share of distinct tokens per response (near 0: the policy repeats itself); over all responses, the correlation between each pair of objectives; and, for each pair
-(i, j), the mean of objective i among the responses in the bottom and top quartile of objective j: when the
-responses worst on j are the best on i, the two conflict in what the policy writes, and conditioning has a
-trade to learn. The same two statistics of the data's own responses (the warm start's (prompt, response)
-pairs) say what a policy that wrote like the data could trade. Prints the table, writes reachable_conflict.json to --out (default: the run directory).
+the mean raw rewards and the share of distinct tokens per response (near 0: the policy repeats itself); over
+all responses, the correlation between each pair of objectives; and, for each pair (i, j), the mean of
+objective i among the responses in the bottom and top quartile of objective j: when the responses worst on j
+are the best on i, the two conflict in what the policy writes, and conditioning has a trade to learn. The same
+two statistics of the data's own responses (the warm start's (prompt, response) pairs) say what a policy that
+wrote like the data could trade. Prints the table, writes reachable_conflict.json to --out (default: the run
+directory).
 """
 
 from __future__ import annotations
@@ -51,6 +53,30 @@ def quartile_means(rewards: torch.Tensor) -> dict[str, dict[str, list[float]]]:
                 for j in range(K) if j != i} for i in range(K)}
 
 
+def conflict(rewards: torch.Tensor, names: list[str]) -> dict:
+    """Correlation matrix and quartile means (by objective name) of (S, K) raw rewards, invalid rows dropped."""
+    rewards = rewards[torch.isfinite(rewards).all(-1)]
+    quart = quartile_means(rewards)
+    return {"responses": len(rewards), "mean": rewards.mean(0).tolist(), "correlation": torch.corrcoef(rewards.T).tolist(),
+            "quartile_means": {names[i]: {names[j]: v for j, v in d.items()} for i, d in quart.items()}}
+
+
+def print_report(report: dict) -> None:
+    names = report["objectives"]
+    print(f"{report['prompts']} held-out prompts x {report['samples']} samples per preference; {report['checkpoint']}")
+    print("| preference | " + " | ".join(f"mean {n}" for n in names) + " | distinct tokens |")
+    print("|---|" + "---|" * (len(names) + 1))
+    for row in report["per_preference"]:
+        w = ", ".join(f"{x:.2f}" for x in row["preference"])
+        print(f"| ({w}) | " + " | ".join(f"{x:.3f}" for x in row["mean"]) + f" | {row['distinct_tokens']:.2f} |")
+    for source in ("policy", "data"):
+        stats = report[source]
+        for i, by_j in stats["quartile_means"].items():
+            for j, (low, high) in by_j.items():
+                print(f"{source}: {i} among the responses worst / best on {j}: {low:.3f} / {high:.3f} "
+                      f"(correlation {stats['correlation'][names.index(i)][names.index(j)]:.3f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="a run directory (its checkpoints/last.ckpt) or a .ckpt file")
@@ -59,43 +85,24 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=32, help="the first n held-out prompts")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    checkpoint, run_dir = find_checkpoint(args.run)
     module, datamodule, _ = load_run(args.run)
     datamodule.setup("fit")
     prompts = datamodule.eval_prompts(args.prompts)
     names = list(module.objective_names)
     grid = simplex_grid(len(names), args.points)
     rewards, distinct = sample_rewards(module, prompts, grid.to(module.device), args.samples)  # (M, S, K), (M, S)
-    pooled = rewards.reshape(-1, len(names))
-    pooled = pooled[torch.isfinite(pooled).all(-1)]
-    corr = torch.corrcoef(pooled.T)
-    quart = quartile_means(pooled)
     pairs = datamodule.sft_pairs()
     data = module.rewards([p for p, _ in pairs], [r for _, r in pairs]).float().cpu()
-    data = data[torch.isfinite(data).all(-1)]
-    data_corr, data_quart = torch.corrcoef(data.T), quartile_means(data)
     report = {
-        "checkpoint": str(find_checkpoint(args.run)[0]), "objectives": names, "prompts": len(prompts),
-        "samples": args.samples,
-        "per_preference": [{"preference": w.tolist(), "mean": rewards[m].nanmean(0).tolist(), "sd": rewards[m].std(0).tolist(),
-                            "distinct_tokens": distinct[m].mean().item()}
-                           for m, w in enumerate(grid)],
-        "correlation": corr.tolist(),
-        "quartile_means": {names[i]: {names[j]: v for j, v in d.items()} for i, d in quart.items()},
-        "data": {"responses": len(data), "mean": data.mean(0).tolist(), "correlation": data_corr.tolist(),
-                 "quartile_means": {names[i]: {names[j]: v for j, v in d.items()} for i, d in data_quart.items()}},
+        "checkpoint": str(checkpoint), "objectives": names, "prompts": len(prompts), "samples": args.samples,
+        "per_preference": [{"preference": w.tolist(), "mean": rewards[m].nanmean(0).tolist(),
+                            "distinct_tokens": distinct[m].mean().item()} for m, w in enumerate(grid)],
+        "policy": conflict(rewards.reshape(-1, len(names)), names),
+        "data": conflict(data, names),
     }
-    print(f"{len(prompts)} held-out prompts x {args.samples} samples per preference; {report['checkpoint']}")
-    print("| preference | " + " | ".join(f"mean {n}" for n in names) + " | distinct tokens |")
-    print("|---|" + "---|" * (len(names) + 1))
-    for row in report["per_preference"]:
-        w = ", ".join(f"{x:.2f}" for x in row["preference"])
-        print(f"| ({w}) | " + " | ".join(f"{x:.3f}" for x in row["mean"]) + f" | {row['distinct_tokens']:.2f} |")
-    for source, q, c in (("policy", report["quartile_means"], corr), ("data", report["data"]["quartile_means"], data_corr)):
-        for i, d in q.items():
-            for j, (low, high) in d.items():
-                print(f"{source}: {i} among the responses worst / best on {j}: {low:.3f} / {high:.3f} "
-                      f"(correlation {c[names.index(i), names.index(j)]:.3f})")
-    out = args.out or find_checkpoint(args.run)[1]
+    print_report(report)
+    out = args.out or run_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "reachable_conflict.json").write_text(json.dumps(report, indent=1))
     print(f"wrote {out / 'reachable_conflict.json'}")

@@ -20,3 +20,10 @@ def test_quartile_means_tell_a_trade_off_from_independent_objectives():
     independent = reachable_conflict.quartile_means(torch.stack([a, torch.rand(4000, generator=g)], 1))
     low, high = independent[0][1]
     assert abs(low - high) < 0.05
+
+
+def test_conflict_drops_invalid_rows_and_names_the_objectives():
+    rewards = torch.tensor([[0.0, 1.0], [0.5, 0.5], [1.0, 0.0], [float("nan"), 0.2]])
+    stats = reachable_conflict.conflict(rewards, ["x", "y"])
+    assert stats["responses"] == 3 and abs(stats["correlation"][0][1] + 1.0) < 1e-6
+    assert set(stats["quartile_means"]) == {"x", "y"} and set(stats["quartile_means"]["x"]) == {"y"}
