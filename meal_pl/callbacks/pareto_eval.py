@@ -134,7 +134,9 @@ class ParetoEvalCallback(pl.Callback):
             rank_zero_warn(
                 "ParetoEvalCallback: the policy is not steerable - the rank correlation between w_k and reward k "
                 f"is <= 0.1 for some objective ({report['steerability']}), so the requested preference barely "
-                "changes the rewards. Check that the preference conditioning reaches the policy."
+                "changes the rewards. Check that the preference conditioning reaches the policy, that the objectives "
+                "conflict in what it writes (benchmarks/reachable_conflict.py), and that it does not repeat itself "
+                "(the summary's distinct tokens); README 'When the policy does not steer'."
             )
 
     def state_dict(self) -> dict:
