@@ -65,9 +65,9 @@ def emit(lines: list[str]) -> None:
 def config_summary(cfg: DictConfig, choices: dict[str, Any], ckpt_path: str | None) -> list[str]:
     """The few settings that identify a run, for the top of the log."""
     sampler = cfg.algorithm.get("sampler") or {}
-    # An objective may fix its own warm start (objective.warm_start_steps wins, as in MealModule).
-    own_steps = (cfg.get("objective") or {}).get("warm_start_steps")
-    warm_start_steps = cfg.algorithm.get("warm_start_steps") if own_steps is None else own_steps
+    from meal_pl.sft import warm_start_length  # deferred: the log's setup needs no torch
+
+    warm_start_steps = warm_start_length(cfg.get("objective"), cfg.algorithm.get("warm_start_steps") or 0)
     lines = [
         f"run directory: {cfg.paths.output_dir}",
         "config: " + ", ".join(f"{k}={choices[k]}" for k in ("objective", "model", "algorithm", "pwn", "hardware") if k in choices),

@@ -40,7 +40,7 @@ from meal_pl.rewards import RewardSet, RunningRewardNorm
 from meal_pl.rollout import Rollout, gather
 from meal_pl.sampling import RejectionSampler, generate_eval_mode, position_ids
 from meal_pl.sequences import conditioned, sequence_logprobs
-from meal_pl.sft import warm_start_module
+from meal_pl.sft import warm_start_length, warm_start_module
 from meal_pl.step_metrics import publish, step_metrics
 
 __all__ = ["MealModule", "MetaConfig"]
@@ -102,9 +102,7 @@ class MealModule(FrontEvaluation, L.LightningModule):
         self.beta, self.warmup_steps, self.gradient_clip_val = beta, warmup_steps, gradient_clip_val
         self.max_prompt_length, self.prompt_overflow, self.eval_batch_size = max_prompt_length, prompt_overflow, eval_batch_size
         self.eval_greedy, self.eval_seed = eval_greedy, eval_seed
-        # An objective whose premise needs a warm start of its own length (synthetic_prompted) sets it; it wins.
-        own_steps = objective.get("warm_start_steps")
-        self.warm_start_steps = int(warm_start_steps if own_steps is None else own_steps)
+        self.warm_start_steps = warm_start_length(objective, warm_start_steps)
         self.warm_start_lr, self.warm_start_batch_size = warm_start_lr, warm_start_batch_size
         self.histogram_every_n_steps, self.accumulate_grad_batches = histogram_every_n_steps, accumulate_grad_batches
         # Unconditioned baselines (linear, soups): every prompt carries the uniform tag in training and

@@ -17,6 +17,13 @@ from meal_pl.sampling import encode_prompts, position_ids
 from meal_pl.sequences import encode_responses
 
 
+def warm_start_length(objective, default: int) -> int:
+    """The warm start's steps: an objective whose premise needs its own length (synthetic_prompted) sets
+    `objective.warm_start_steps`, which wins over the algorithm's `default`."""
+    own_steps = (objective or {}).get("warm_start_steps")
+    return int(default if own_steps is None else own_steps)
+
+
 def sft_loss(policy: PreTrainedModel, prefix_ids: Tensor, prefix_mask: Tensor, responses: Tensor, resp_mask: Tensor) -> Tensor:
     """Mean per-token NLL of right-padded responses after left-padded prefixes."""
     ids = torch.cat([prefix_ids, responses], 1)
