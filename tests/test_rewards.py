@@ -189,3 +189,44 @@ def test_objective_configs(path, tmp_path):
     assert list(rewards) == names and all(callable(rewards[n]) for n in names)
     scores = RewardSet(rewards)([PROMPT], ["hello there"])
     assert scores.shape == (1, len(names)) and torch.isfinite(scores).all()
+
+
+def test_relevance_does_not_pay_for_restating_or_repeating(relevance):
+    prompt = "\n\nHuman: How do I bake bread at home?\n\nAssistant:"
+    answer, parrot, repeat = relevance([prompt] * 3, [
+        "Mix flour, water, yeast and salt, let the dough rise, then bake it in a hot oven.",
+        "How do I bake bread at home?",
+        "bread bread bread bread bread bread bread bread",
+    ])
+    assert parrot == pytest.approx(0.0, abs=1e-6)  # every word pair is the request's
+    assert repeat < answer and parrot < answer
+    raw = RelevanceReward(copy_penalty=False, repetition_penalty=False)([prompt], ["How do I bake bread at home?"])[0]
+    assert raw > answer  # what the discount is for: the raw similarity pays most for parroting
+
+
+def test_novel_and_distinct_shares_hand_computed():
+    from meal_pl.rewards.relevance import distinct_word_share, novel_share
+
+    assert novel_share("how do I bake bread", "bake bread with yeast") == pytest.approx(2 / 3)  # 'bake bread' copied
+    assert novel_share("anything", "") == 0.0
+    assert distinct_word_share("I'm I'm I'm I'm") == pytest.approx(2 / 8)  # words: i, m (x4 each)
+    assert distinct_word_share("one two three") == 1.0
+
+
+def test_shared_encoder_embeds_each_text_once(relevance):
+    from meal_pl.rewards.encoder import shared_encoder
+
+    encoder = shared_encoder()
+    assert relevance.encoder is encoder  # rewards built apart share one encoder
+    calls = []
+    original = encoder._encode_new
+    encoder._encode_new = lambda texts: calls.append(list(texts)) or original(texts)
+    try:
+        texts = ["a new text for the cache test", "another new one"]
+        first = encoder.embed(texts)
+        views = encoder.layer_features(texts)  # the harm head's view of the same texts: no second forward pass
+        again = encoder.embed(texts[::-1])
+    finally:
+        encoder._encode_new = original
+    assert calls == [texts]
+    assert torch.equal(again, first.flip(0)) and views.shape == (2, 4 * first.shape[1])

