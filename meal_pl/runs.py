@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import uuid
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -24,9 +25,12 @@ from hydra.core.override_parser.types import ChoiceSweep
 from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# A short unique id in run directory names (conf/hydra/default.yaml), so two runs started in the same second never
+# share one; registered here, where every Hydra app of meal-pl imports it from.
+OmegaConf.register_new_resolver("meal_run_id", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True)
 FAILED_JOBS = "failed_jobs.txt"
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
 import warnings
 from pathlib import Path
 
@@ -29,8 +28,6 @@ from meal_pl.sweeps import log_hparams
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
 # transformers' deprecation notice, raised by peft on every LoRA run (pytest filters it too).
 warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
-# A short unique id in run directory names, so two runs started in the same second never share one.
-OmegaConf.register_new_resolver("meal_run_id", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True)
 
 
 def build(cfg: DictConfig, tokenizer_dir: str | Path | None = None):

@@ -1,0 +1,123 @@
+"""Reward-model backends: each fits on training pairs, scores held-out pairs and writes a directory a reward loads.
+
+- HeadBackend (default, CPU minutes): a Bradley-Terry linear head on a frozen sentence encoder (MiniLM from the
+  offline wheel); loaded by `meal_pl.rewards.preference_head.PreferenceHeadReward`.
+- TRLBackend (GPU, the field's tool): full fine-tuning of a sequence classifier with TRL's RewardTrainer; writes an
+  AutoModelForSequenceClassification directory that `meal_pl.rewards.hf_classifier` loads. Needs `pip install trl`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from rich.progress import Progress
+
+from meal_pl.reward_model.head import cross_validate, embed_pairs, fit_head, pairwise_accuracy, save_head
+from meal_pl.reward_model.pairs import Pair
+from meal_pl.rewards.encoder import SentenceEncoder
+
+
+class HeadBackend:
+    """Embed every pair once (frozen encoder), fit the head full-batch, score the held-out pairs."""
+
+    reward_target = "meal_pl.rewards.preference_head.PreferenceHeadReward"
+
+    def __init__(self, encoder_path: str | None = None, max_length: int = 128, batch_size: int = 64,
+                 steps: int = 500, lr: float = 1e-2, weight_decay: float | list[float] = 1e-3, folds: int = 5,
+                 seed: int = 0) -> None:
+        decays = [weight_decay] if isinstance(weight_decay, (int, float)) else list(weight_decay)  # a ListConfig too
+        if steps < 1 or lr <= 0 or not decays or min(decays) < 0 or folds < 2:
+            raise ValueError(f"rm_backend.steps={steps} must be >= 1, rm_backend.lr={lr} > 0, rm_backend.weight_decay="
+                             f"{weight_decay} >= 0 (one value, or a list to choose from by cross-validation) and "
+                             f"rm_backend.folds={folds} >= 2")
+        self.weight_decays, self.folds = [float(d) for d in decays], folds
+        self.encoder = SentenceEncoder(encoder_path, max_length, batch_size, cache_size=0)
+        self.max_length, self.batch_size = max_length, batch_size
+        self.steps, self.lr, self.seed = steps, lr, seed
+
+    def _features(self, pairs: list[Pair], progress: Progress, label: str) -> tuple[torch.Tensor, torch.Tensor]:
+        task = progress.add_task(f"embedding {label} pairs", total=len(pairs))
+        chosen, rejected = [], []
+        for i in range(0, len(pairs), self.batch_size):
+            chunk = pairs[i : i + self.batch_size]
+            prompts = [p.prompt for p in chunk]
+            chosen.append(embed_pairs(self.encoder, prompts, [p.chosen for p in chunk]))
+            rejected.append(embed_pairs(self.encoder, prompts, [p.rejected for p in chunk]))
+            progress.advance(task, len(chunk))
+        return torch.cat(chosen), torch.cat(rejected)
+
+    def fit(self, train: list[Pair], held_out: list[Pair], out: Path) -> dict:
+        """Train, evaluate and write reward_head.{safetensors,json}; returns the metrics."""
+        with Progress(transient=False) as progress:
+            train_c, train_r = self._features(train, progress, "training")
+            test_c, test_r = self._features(held_out, progress, "held-out")
+            fit = {"steps": self.steps, "lr": self.lr, "seed": self.seed}
+            cv = {}
+            if len(self.weight_decays) > 1:  # the regularisation, chosen on the training pairs alone
+                task = progress.add_task(f"{self.folds}-fold cross-validation", total=len(self.weight_decays))
+                for decay in self.weight_decays:
+                    cv |= cross_validate(train_c, train_r, [decay], self.folds, **fit)
+                    progress.advance(task)
+            decay = max(cv, key=cv.get) if cv else self.weight_decays[0]
+            task = progress.add_task("fitting the head", total=self.steps)
+            head = fit_head(train_c, train_r, weight_decay=decay, progress=lambda loss: progress.advance(task), **fit)
+        with torch.no_grad():
+            scores = lambda x: head(x).squeeze(-1)  # noqa: E731
+            train_scores = torch.cat([scores(train_c), scores(train_r)])
+            metrics = {"train_accuracy": pairwise_accuracy(scores(train_c), scores(train_r)),
+                       "held_out_accuracy": pairwise_accuracy(scores(test_c), scores(test_r)) if held_out else None}
+        save_head(out, head, {
+            "encoder": "all-MiniLM-L6-v2", "features": "[views(response), e(request) * e(response)] (meal_pl/reward_model/head.py)",
+            "max_length": self.max_length,
+            # The reward standardises the score by its training responses' spread before the sigmoid.
+            "score_mean": train_scores.mean().item(), "score_std": train_scores.std().item(),
+        })
+        return metrics | {"backend": "head", "reward_target": self.reward_target,
+                          "cross_validation": {str(k): v for k, v in cv.items()},
+                          "settings": {"steps": self.steps, "lr": self.lr, "weight_decay": decay,
+                                       "max_length": self.max_length, "seed": self.seed}}
+
+
+class TRLBackend:
+    """TRL RewardTrainer on `model` (a hub name or a local directory), then its held-out pairwise accuracy."""
+
+    reward_target = "meal_pl.rewards.hf_classifier.HFSequenceClassifierReward"
+
+    def __init__(self, model: str, epochs: float = 1.0, lr: float = 1e-5, batch_size: int = 8, max_length: int = 512,
+                 seed: int = 0, bf16: bool = False) -> None:
+        self.model, self.epochs, self.lr, self.batch_size = model, epochs, lr, batch_size
+        self.max_length, self.seed, self.bf16 = max_length, seed, bf16
+
+    def fit(self, train: list[Pair], held_out: list[Pair], out: Path) -> dict:
+        try:
+            from trl import RewardConfig, RewardTrainer
+        except ImportError as e:
+            raise RuntimeError("rm_backend=trl needs TRL: pip install 'meal-pl[bench]' (or pip install trl)") from e
+        from datasets import Dataset
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from meal_pl.rewards.hf_classifier import HFSequenceClassifierReward
+
+        tokenizer = AutoTokenizer.from_pretrained(self.model)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        net = AutoModelForSequenceClassification.from_pretrained(self.model, num_labels=1)
+        net.config.pad_token_id = tokenizer.pad_token_id
+        rows = [{"chosen": p.prompt + " " + p.chosen, "rejected": p.prompt + " " + p.rejected} for p in train]
+        args = RewardConfig(output_dir=str(out / "trainer"), num_train_epochs=self.epochs, learning_rate=self.lr,
+                            per_device_train_batch_size=self.batch_size, max_length=self.max_length, seed=self.seed,
+                            bf16=self.bf16, report_to=[], save_strategy="no", logging_steps=10)
+        trainer = RewardTrainer(model=net, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+        trainer.train()
+        trainer.save_model(str(out))
+        tokenizer.save_pretrained(str(out))
+        reward = HFSequenceClassifierReward(str(out), max_length=self.max_length,
+                                            device="cuda" if torch.cuda.is_available() else "cpu")
+        prompts = [p.prompt for p in held_out]
+        chosen = torch.tensor(reward(prompts, [" " + p.chosen for p in held_out]))
+        rejected = torch.tensor(reward(prompts, [" " + p.rejected for p in held_out]))
+        return {"backend": "trl", "reward_target": self.reward_target, "train_accuracy": None,
+                "held_out_accuracy": pairwise_accuracy(chosen, rejected) if held_out else None,
+                "settings": {"model": self.model, "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
+                             "max_length": self.max_length, "seed": self.seed, "bf16": self.bf16}}
