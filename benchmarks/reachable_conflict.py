@@ -1,8 +1,13 @@
 """Do the objectives conflict within what a trained policy writes? A policy can only be steered along a trade-off
 its own samples contain.
 
+    python benchmarks/reachable_conflict.py                             # the default objective's data alone
+    python benchmarks/reachable_conflict.py -o objective=helpful_profanity   # another objective (train overrides)
     python benchmarks/reachable_conflict.py RUN_DIR                     # a run directory or a .ckpt
     python benchmarks/reachable_conflict.py RUN_DIR --samples 4 --points 3 --out DIR
+
+Without RUN_DIR: the data's own responses (chosen and rejected, every prompt) scored by the objective's rewards, per
+prompt group and over all; no policy. Writes reachable_conflict.json to --out (default outputs/reachable_conflict/).
 
 Loads the run's checkpoint, answers its held-out prompts --samples times (evaluation seeds 1234, 1235, ...)
 under each of --points preferences on the simplex grid, and scores every response. Reports, per preference,
@@ -28,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from meal_pl.pareto import simplex_grid  # noqa: E402
 from meal_pl.restore import find_checkpoint, load_run  # noqa: E402
+from meal_pl.rewards import RewardSet  # noqa: E402
+from meal_pl.runs import CONF_DIR  # noqa: E402
 from meal_pl.step_metrics import distinct_token_share  # noqa: E402
 
 
@@ -61,6 +68,39 @@ def conflict(rewards: torch.Tensor, names: list[str]) -> dict:
             "quartile_means": {names[i]: {names[j]: v for j, v in d.items()} for i, d in quart.items()}}
 
 
+def data_report(overrides: list[str]) -> dict:
+    """The conflict within the data's own responses, per prompt group and over all, under `overrides` of train."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    rewards = RewardSet(instantiate(cfg.objective.rewards))
+    names = list(rewards.names)
+    pairs = [(p, r) for p, responses in datamodule.responses.items() for r in responses]
+    raw = rewards([p for p, _ in pairs], [r for _, r in pairs]).float().cpu()
+    groups = [datamodule.groups.get(p) for p, _ in pairs]
+    report = {"objective": cfg.objective.name, "objectives": names, "overrides": overrides, "all": conflict(raw, names)}
+    for group in sorted({g for g in groups if g is not None}):
+        rows = torch.tensor([g == group for g in groups])
+        report.setdefault("groups", {})[group] = conflict(raw[rows], names)
+    return report
+
+
+def print_data_report(report: dict) -> None:
+    names = report["objectives"]
+    print(f"objective {report['objective']}: the data's own responses (no policy)")
+    print("| prompts | responses | " + " | ".join(f"mean {n}" for n in names) + " | correlation | "
+          + f"{names[0]} among the worst / best on {names[1]} |")
+    print("|---|---|" + "---|" * (len(names) + 2))
+    for label, stats in [("all", report["all"]), *report.get("groups", {}).items()]:
+        low, high = stats["quartile_means"][names[0]][names[1]]
+        print(f"| {label} | {stats['responses']} | " + " | ".join(f"{x:.3f}" for x in stats["mean"])
+              + f" | {stats['correlation'][0][1]:.3f} | {low:.3f} / {high:.3f} |")
+
+
 def print_report(report: dict) -> None:
     names = report["objectives"]
     print(f"{report['prompts']} held-out prompts x {report['samples']} samples per preference; {report['checkpoint']}")
@@ -79,12 +119,23 @@ def print_report(report: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", help="a run directory (its checkpoints/last.ckpt) or a .ckpt file")
+    parser.add_argument("run", nargs="?", help="a run directory (its checkpoints/last.ckpt) or a .ckpt file; "
+                        "without it, the data's own responses alone")
+    parser.add_argument("-o", "--override", action="append", default=[],
+                        help="without RUN: a train config override (repeatable), e.g. -o objective=helpful_profanity")
     parser.add_argument("--samples", type=int, default=4, help="responses per prompt and preference")
     parser.add_argument("--points", type=int, default=3, help="preferences: the simplex grid of this many points")
     parser.add_argument("--prompts", type=int, default=32, help="the first n held-out prompts")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.run is None:
+        report = data_report(args.override)
+        print_data_report(report)
+        out = args.out or Path("outputs") / "reachable_conflict"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "reachable_conflict.json").write_text(json.dumps(report, indent=1))
+        print(f"wrote {out / 'reachable_conflict.json'}")
+        return
     checkpoint, run_dir = find_checkpoint(args.run)
     module, datamodule, _ = load_run(args.run)
     datamodule.setup("fit")

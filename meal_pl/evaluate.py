@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 import meal_pl  # noqa: F401  (offline default before transformers is imported)
-from meal_pl.callbacks.pareto_eval import _ratio, _write_json_atomic
-from meal_pl.pareto import front_report, plot_front, simplex_grid
+from meal_pl.callbacks.pareto_eval import _choice_points, _ratio, _write_json_atomic
+from meal_pl.pareto import front_report, hypervolume_gain, per_group_summary, plot_front, simplex_grid
 from meal_pl.restore import find_checkpoint, load_run, parse_args, run_cli
 
 
@@ -25,20 +25,27 @@ class EvaluateArgs:
     device: str = "cpu"
 
 
-def evaluate(module, prompts: list[str], num_points: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(grid weights, mean raw rewards, report): the same measurement as training's final evaluation."""
+def evaluate(module, prompts: list[str], num_points: int, groups: list[str | None] | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(grid weights, mean raw rewards, report): the same measurement as training's final evaluation, the PWN's own
+    per-prompt choice (`preference=auto`) and the hypervolume it adds to the grid's front included, per group too."""
     names = module.objective_names
     weights = simplex_grid(len(names), num_points)
     with torch.no_grad():
-        rewards = module.evaluate_front(prompts, weights.to(module.device)).float().cpu()
-        pwn_weights, pwn_rewards = module.evaluate_pwn_choice(prompts)
+        per_prompt = module.evaluate_front_per_prompt(prompts, weights.to(module.device)).float().cpu()  # (M,P,K)
+        pwn_weights, pwn_rewards = module.evaluate_pwn_choice_per_prompt(prompts)  # (P,K) each
+    rewards = per_prompt.nanmean(1)
     report = front_report(weights, rewards, names, module.reference_point)
+    choice = pwn_rewards.nanmean(0)
     report |= {
         "objective_names": list(names),
         "max_hypervolume": module.max_hypervolume,
         "hypervolume_ratio": _ratio(report["hypervolume"], module.max_hypervolume),
         "num_prompts": len(prompts),
-        "pwn_choice": {"weights": pwn_weights.float().cpu().tolist(), "rewards": pwn_rewards.float().cpu().tolist()},
+        "pwn_choice": {"weights": pwn_weights.mean(0).tolist(), "rewards": choice.tolist(),
+                       "hypervolume_gain": hypervolume_gain(rewards, choice, module.reference_point)},
+        "groups": per_group_summary(groups, pwn_weights, per_prompt, module.reference_point, module.max_hypervolume,
+                                    pwn_rewards) if groups and any(g is not None for g in groups) else {},
     }
     return weights, rewards, report
 
@@ -51,14 +58,17 @@ def main(argv: list[str]) -> None:
     out = Path(args.out) if args.out else run / "evaluate" / ckpt.stem
     module, datamodule, _ = load_run(args.ckpt_path, args.device)
     prompts = datamodule.eval_prompts(args.num_prompts)
-    weights, rewards, report = evaluate(module, prompts, args.num_points or module.grid_points)
+    weights, rewards, report = evaluate(module, prompts, args.num_points or module.grid_points,
+                                        datamodule.eval_groups(args.num_prompts))
     report["ckpt_path"] = str(ckpt)
     out.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(out / "pareto.json", report)
-    extra = {"PWN choice": torch.tensor(report["pwn_choice"]["rewards"])}
+    choice = {"rewards": torch.tensor(report["pwn_choice"]["rewards"])}
+    extra = _choice_points(choice, report["groups"])
     plot_front(weights, rewards, module.objective_names, module.reference_point, out / "pareto.png", extra)
     ratio = f" ({report['hypervolume_ratio']:.3f} of the analytic maximum)" if report["hypervolume_ratio"] else ""
-    print(f"hypervolume {report['hypervolume']:.4f}{ratio} on {len(prompts)} prompts; wrote {out / 'pareto.json'} and pareto.png")
+    print(f"hypervolume {report['hypervolume']:.4f}{ratio} on {len(prompts)} prompts; the PWN's own choice adds "
+          f"{report['pwn_choice']['hypervolume_gain']:.4f}; wrote {out / 'pareto.json'} and pareto.png")
 
 
 if __name__ == "__main__":

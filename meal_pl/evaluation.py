@@ -52,8 +52,14 @@ class FrontEvaluation:
         return self.pwn(self.prompt_features(ids, mask)).cpu()
 
     @torch.no_grad()
-    def evaluate_pwn_choice(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        """The preference the PWN picks by itself (no exploration) and the mean raw reward it reaches."""
+    def evaluate_pwn_choice_per_prompt(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        """(weights (P,K), raw rewards (P,K)): each prompt answered under the PWN's own preference for it
+        (`preference=auto`: no exploration), with the evaluation's fixed seed."""
         weights = self.pwn_weights(prompts)
-        raw = self.rewards(prompts, self.respond(prompts, weights))
+        return weights, self.rewards(prompts, self.respond(prompts, weights)).float().cpu()
+
+    @torch.no_grad()
+    def evaluate_pwn_choice(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        """The preference the PWN picks by itself (mean over prompts) and the mean raw reward it reaches."""
+        weights, raw = self.evaluate_pwn_choice_per_prompt(prompts)
         return weights.mean(0), raw.nanmean(0)

@@ -242,6 +242,13 @@ def front_report(weights: Tensor, rewards: Tensor, names: list[str], reference_p
     }
 
 
+def hypervolume_gain(front: Tensor, point: Tensor, reference_point: list[float]) -> float:
+    """Hypervolume that `point` (K,) adds to the `front` (M,K): HV(front + point) - HV(front), 0 when some front
+    point dominates it. Measures an adaptive preference (the PWN's own choice) against every static one."""
+    front, point = front.detach().float().cpu(), point.detach().float().cpu().reshape(1, -1)
+    return max(0.0, hypervolume(torch.cat([front, point]), reference_point) - hypervolume(front, reference_point))
+
+
 def group_names(groups: list[str | None] | None) -> list[str]:
     """The distinct named groups, sorted; [] when the data names none."""
     return sorted({g for g in groups or [] if g is not None})
@@ -253,14 +260,16 @@ def per_group_summary(
     rewards: Tensor | None,
     reference_point: list[float],
     max_hypervolume: float | None = None,
+    pwn_rewards: Tensor | None = None,
 ) -> dict[str, dict]:
-    """The PWN's mean weights and the front's hypervolume on each prompt group of the evaluation set.
+    """The PWN's mean weights, the front's hypervolume and the PWN's own point on each prompt group.
 
     groups: the P evaluation prompts' groups (None = no group, left out); pwn_weights (P,K): the PWN's own
     weights per prompt (None if the module gives none); rewards (M,P,K): raw rewards per grid preference and
-    prompt (None if the module gives only means). A group's front is its prompts' mean reward at each grid
-    preference, scored like the whole front. Returns {group: {num_prompts, pwn_weights, front, hypervolume,
-    hypervolume_ratio}} ({} without groups); absent inputs give None fields.
+    prompt (None if the module gives only means); pwn_rewards (P,K): raw rewards of the responses under the PWN's
+    own weights (None if not evaluated). A group's front is its prompts' mean reward at each grid preference,
+    scored like the whole front. Returns {group: {num_prompts, pwn_weights, front, hypervolume, hypervolume_ratio,
+    pwn_choice: {rewards, hypervolume_gain}}} ({} without groups); absent inputs give None fields.
     """
     summary = {}
     for name in group_names(groups):
@@ -278,5 +287,9 @@ def per_group_summary(
             entry["front"] = front.tolist()
             entry["hypervolume"] = hypervolume(front, reference_point)
             entry["hypervolume_ratio"] = entry["hypervolume"] / max_hypervolume if max_hypervolume else None
+        if pwn_rewards is not None:
+            point = pwn_rewards.detach().float().cpu()[index].nanmean(0)
+            gain = hypervolume_gain(front, point, reference_point) if rewards is not None else None
+            entry["pwn_choice"] = {"rewards": point.tolist(), "hypervolume_gain": gain}
         summary[name] = entry
     return summary

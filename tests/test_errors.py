@@ -44,7 +44,8 @@ def test_cli_prints_one_line_and_exits_2_for_an_unknown_option(monkeypatch, caps
     assert code == 2
     assert err.splitlines() == [
         "error: objective=nope is not a config option; choose one of: helpful_harmless, helpful_harmless_hub, "
-        "helpful_harmless_humor_hub, synthetic, synthetic3, synthetic3_prompted, synthetic_prompted (files in conf/objective/)"
+        "helpful_harmless_humor_hub, helpful_profanity, synthetic, synthetic3, synthetic3_prompted, synthetic_prompted "
+        "(files in conf/objective/)"
     ]
 
 

@@ -175,3 +175,13 @@ def test_per_group_summary_hand_values():
     assert per_group_summary([None, None], pwn[:2], None, [0.0, 0.0]) == {}
     with pytest.raises(ValueError, match="pwn_weights has 2 rows"):
         per_group_summary(groups, pwn[:2], None, [0.0, 0.0])
+
+
+def test_hypervolume_gain_of_an_adaptive_point():
+    from meal_pl.pareto import hypervolume_gain
+
+    front = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # HV 0 against (0, 0): each point has a zero side
+    assert hypervolume_gain(front, torch.tensor([0.5, 0.5]), [0.0, 0.0]) == pytest.approx(0.25)
+    front = torch.tensor([[0.6, 0.6]])
+    assert hypervolume_gain(front, torch.tensor([0.5, 0.5]), [0.0, 0.0]) == 0.0  # dominated: adds nothing
+    assert hypervolume_gain(front, torch.tensor([0.8, 0.5]), [0.0, 0.0]) == pytest.approx(0.8 * 0.5 - 0.6 * 0.5 + 0.0)

@@ -189,5 +189,8 @@ def test_the_final_tensorboard_front_marks_the_pwn_point_only_where_a_pwn_exists
     module.pwn = SimpleNamespace(learnable=learnable)  # meal's PWN learns; ric's Dirichlet source does not
     _, callback = _fit(tmp_path, module)
     assert len(figures) == 3  # steps 0, 2 and the final one (4)
-    assert ("PWN choice" in figures[-1]) is learnable and all("PWN choice" not in f for f in figures[:-1])
+    # Every evaluation after the start shows the PWN's own choice, where a PWN exists; the untrained start does not.
+    assert "PWN choice" not in figures[0] and all(("PWN choice" in f) is learnable for f in figures[1:])
+    choice = callback.final_report["pwn_choice"]
+    assert choice["hypervolume_gain"] == 0.0  # FakeModule's choice (0.6, 0.4) x scale lies on its front's line
     assert callback.final_report["has_pwn"] is learnable

@@ -25,10 +25,12 @@ import meal_pl
 from meal_pl.bench.plan import METHODS, plan_runs
 from meal_pl.bench.report import (
     GROUP_COLUMNS,
+    adaptive_gains,
     checks,
     columns,
     difference_lines,
     differences,
+    gain_lines,
     group_rows,
     markdown_group_table,
     markdown_table,
@@ -137,6 +139,7 @@ def main(cfg: DictConfig) -> None:
     lines = checks(rows, synthetic)
     diffs = differences(rows)
     diff_lines = difference_lines(diffs)
+    gains = adaptive_gains(rows, reference)
     table = Table(title=f"meal-pl bench: {probe.objective.name}, {len(seeds)} seeds, equal samples per {bench.budget}")
     for col in columns(names):
         table.add_column(col)
@@ -155,13 +158,17 @@ def main(cfg: DictConfig) -> None:
     console.print("differences (mean over seeds; pooled sd of the seeds, sqrt((s1^2 + s2^2) / 2) at equal seed counts):")
     for line in diff_lines or ["(none: needs meal_frozen with a meal variant, or meal with ric)"]:
         console.print(f"  {line}")
+    console.print("the PWN's own per-prompt choice against static fronts (same seeds):")
+    for line in gain_lines(gains) or ["(none: no method with a PWN ran)"]:
+        console.print(f"  {line}")
     total = time.perf_counter() - started
     console.print(f"total {total:.0f} s; wrote {out / 'bench.json'}, bench.md, bench.png")
 
     summary = {"objective": probe.objective.name, "objectives": names, "seeds": seeds, "steps": steps, "batch_size": B,
                "num_samples": N, "budget": bench.budget, "quick": bool(bench.quick), "linear_points": linear_points,
                "reference_point": reference, "max_hypervolume": max_hv, "total_time_s": total,
-               "threads": setting("threads"), "overrides": base, "checks": lines, "differences": diffs, "methods": rows}
+               "threads": setting("threads"), "overrides": base, "checks": lines, "differences": diffs, "adaptive_gains": gains,
+               "methods": rows}
     (out / "bench.json").write_text(json.dumps(summary, indent=1))
     md = [f"# meal-pl bench: {probe.objective.name}", "",
           f"`python -m meal_pl.bench {' '.join(HydraConfig.get().overrides.task)}`; seeds {seeds}; {steps} policy steps "
@@ -170,6 +177,8 @@ def main(cfg: DictConfig) -> None:
           *[f"- {line}" for line in lines], "",
           "Differences (mean hypervolume over seeds; pooled sd of the seeds, sqrt((s1^2 + s2^2) / 2) at equal seed counts):", "",
           *[f"- {line}" for line in diff_lines or ["none: needs meal_frozen with a meal variant, or meal with ric"]], "",
+          "The PWN's own per-prompt choice (`preference=auto`) against static fronts, seed by seed:", "",
+          *[f"- {line}" for line in gain_lines(gains) or ["none: no method with a PWN ran"]], "",
           "![fronts](bench.png)", ""]
     (out / "bench.md").write_text("\n".join(md))
     plot_bench(rows, names, reference, synthetic and K == 2, out / "bench.png")

@@ -10,7 +10,13 @@ module's `evaluate_front_per_prompt(prompts, weights (M,K)) -> (M,P,K)` raw rewa
 (replacing `evaluate_front`, whose result is their mean over prompts, so nothing is generated twice); and
 `pwn_weights(prompts) -> (P,K)`, the PWN's own weights per prompt (no exploration, no generation). Each
 evaluation then logs `pareto/hypervolume/<group>` and histograms `pwn/weights_<objective>/<group>`, and
-pareto.json gains `groups`: {group: {num_prompts, pwn_weights, front, hypervolume, hypervolume_ratio}}.
+pareto.json gains `groups`: {group: {num_prompts, pwn_weights, front, hypervolume, hypervolume_ratio, pwn_choice}}.
+
+The PWN's own choice (`preference=auto`): with `evaluate_pwn_choice_per_prompt(prompts) -> (weights (P,K), rewards
+(P,K))` each held-out prompt is answered under the PWN's preference for it; its mean rewards, overall and per group,
+and the hypervolume that this adaptive point adds to the static grid's front (0 when a grid preference dominates
+it) go to pareto.json (`pwn_choice`), pareto.png, the summary and TensorBoard (`pareto/pwn_choice/*`, at every
+evaluation of a module with a learned PWN).
 """
 
 import json
@@ -24,7 +30,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from meal_pl.pareto import front_report, group_names, per_group_summary, plot_front, simplex_grid
+from meal_pl.callbacks.summary import has_pwn
+from meal_pl.pareto import (
+    front_report,
+    group_names,
+    hypervolume_gain,
+    per_group_summary,
+    plot_front,
+    simplex_grid,
+)
 
 
 class ParetoEvalCallback(pl.Callback):
@@ -50,6 +64,7 @@ class ParetoEvalCallback(pl.Callback):
         self._groups: list[str | None] | None = None  # the prompts' groups, None entries where unnamed
         self._last: tuple[int, Tensor, Tensor, dict] | None = None  # (step, weights, rewards, report)
         self._per_prompt: Tensor | None = None  # (M,P,K) rewards of the _last evaluation, when the module gives them
+        self._choice: tuple[int, dict] | None = None  # (step, the PWN's own choice at that step)
 
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[Tensor, Tensor, dict]:
         """Rewards at every grid preference, in eval mode without grads; reuses a same-step result."""
@@ -73,14 +88,34 @@ class ParetoEvalCallback(pl.Callback):
         self._last = (step, weights, rewards, report)
         return weights, rewards, report
 
-    def _group_summary(self, pl_module: pl.LightningModule) -> tuple[dict[str, dict], Tensor | None]:
-        """Per-group PWN weights and hypervolume of the _last evaluation, and the PWN's (P,K) weights."""
+    def _pwn_choice(self, trainer: pl.Trainer, pl_module: pl.LightningModule, front: Tensor) -> dict:
+        """The PWN's own choice at this step: {weights (K,), rewards (K,), hypervolume_gain, per_prompt (P,K) or
+        None}, the gain measured against the static grid's `front` (M,K); reuses a same-step result."""
+        step = trainer.global_step
+        if self._choice is not None and self._choice[0] == step:
+            return self._choice[1]
+        if hasattr(pl_module, "evaluate_pwn_choice_per_prompt"):
+            weights, per_prompt = _eval_mode(pl_module, pl_module.evaluate_pwn_choice_per_prompt, self._prompts)
+            per_prompt = per_prompt.detach().float().cpu()
+            weights, rewards = weights.detach().float().cpu().mean(0), per_prompt.nanmean(0)
+        else:
+            weights, rewards = _eval_mode(pl_module, pl_module.evaluate_pwn_choice, self._prompts)
+            weights, rewards, per_prompt = weights.detach().float().cpu(), rewards.detach().float().cpu(), None
+        choice = {"weights": weights, "rewards": rewards, "per_prompt": per_prompt,
+                  "hypervolume_gain": hypervolume_gain(front, rewards, pl_module.reference_point)}
+        self._choice = (step, choice)
+        return choice
+
+    def _group_summary(self, pl_module: pl.LightningModule, choice: dict | None = None) -> tuple[dict[str, dict], Tensor | None]:
+        """Per-group PWN weights, hypervolume and (with `choice`) the PWN's own point of the _last evaluation,
+        and the PWN's (P,K) weights."""
         if not group_names(self._groups):
             return {}, None
         pwn = None
         if hasattr(pl_module, "pwn_weights"):
             pwn = _eval_mode(pl_module, pl_module.pwn_weights, self._prompts).detach().float().cpu()
-        summary = per_group_summary(self._groups, pwn, self._per_prompt, pl_module.reference_point, pl_module.max_hypervolume)
+        summary = per_group_summary(self._groups, pwn, self._per_prompt, pl_module.reference_point, pl_module.max_hypervolume,
+                                    None if choice is None else choice["per_prompt"])
         return summary, pwn
 
     def _log(
@@ -90,9 +125,9 @@ class ParetoEvalCallback(pl.Callback):
         weights: Tensor,
         rewards: Tensor,
         report: dict,
-        pwn_point: Tensor | None = None,
+        choice: dict | None = None,
     ) -> None:
-        """Scalars and the front figure (with the PWN's own point when given) to every logger; hypervolume
+        """Scalars and the front figure (with the PWN's own choice when given) to every logger; hypervolume
         into callback_metrics for monitors."""
         step = trainer.global_step
         metrics = {
@@ -100,8 +135,13 @@ class ParetoEvalCallback(pl.Callback):
             for key in ("hypervolume", "spacing", "sparsity", "mean_inner_product")
         }
         metrics |= {f"pareto/steerability_{name}": corr for name, corr in report["steerability"].items()}
-        groups, pwn = self._group_summary(pl_module)
+        groups, pwn = self._group_summary(pl_module, choice)
         metrics |= {f"pareto/hypervolume/{g}": s["hypervolume"] for g, s in groups.items() if s["hypervolume"] is not None}
+        if choice is not None:
+            metrics["pareto/pwn_choice/hypervolume_gain"] = choice["hypervolume_gain"]
+            metrics |= {f"pareto/pwn_choice/{n}": r for n, r in zip(pl_module.objective_names, choice["rewards"].tolist(), strict=True)}
+            metrics |= {f"pareto/pwn_choice/hypervolume_gain/{g}": s["pwn_choice"]["hypervolume_gain"]
+                        for g, s in groups.items() if s.get("pwn_choice") and s["pwn_choice"]["hypervolume_gain"] is not None}
         ratio = _ratio(report["hypervolume"], pl_module.max_hypervolume)
         if ratio is not None:
             metrics["pareto/hypervolume_ratio"] = ratio
@@ -117,7 +157,7 @@ class ParetoEvalCallback(pl.Callback):
                     rewards,
                     pl_module.objective_names,
                     pl_module.reference_point,
-                    extra=self._extra() | ({} if pwn_point is None else {"PWN choice": pwn_point}),
+                    extra=self._extra() | _choice_points(choice, groups),
                 )
                 logger.experiment.add_figure("pareto/front", fig, global_step=step, close=False)
                 if pwn is not None:  # the PWN's weights on each prompt group: does it tell the families apart?
@@ -167,19 +207,19 @@ class ParetoEvalCallback(pl.Callback):
         if trainer.max_steps and trainer.max_steps > 0 and step >= trainer.max_steps:
             return
         weights, rewards, report = self._evaluate(trainer, pl_module)
-        self._log(trainer, pl_module, weights, rewards, report)
+        choice = self._pwn_choice(trainer, pl_module, rewards) if has_pwn(pl_module) else None
+        self._log(trainer, pl_module, weights, rewards, report, choice)
         self._warn_if_not_steerable(report)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Final front, the PWN's own choice, and the report files (rank zero writes)."""
         already_logged = self._last is not None and self._last[0] == trainer.global_step
         weights, rewards, report = self._evaluate(trainer, pl_module)
-        pwn_weights, pwn_rewards = _eval_mode(pl_module, pl_module.evaluate_pwn_choice, self._prompts)
-        groups, _ = self._group_summary(pl_module)
-        pwn_weights, pwn_rewards = pwn_weights.detach().float().cpu(), pwn_rewards.detach().float().cpu()
-        has_pwn = bool(getattr(getattr(pl_module, "pwn", None), "learnable", False))  # ric/linear/soups have none
+        choice = self._pwn_choice(trainer, pl_module, rewards)
+        groups, _ = self._group_summary(pl_module, choice)
+        learned = has_pwn(pl_module)  # ric/linear/soups have none: their "choice" is their static source's
         if not already_logged:
-            self._log(trainer, pl_module, weights, rewards, report, pwn_rewards if has_pwn else None)
+            self._log(trainer, pl_module, weights, rewards, report, choice if learned else None)
             self._warn_if_not_steerable(report)
         self.final_report = {
             **report,
@@ -189,16 +229,17 @@ class ParetoEvalCallback(pl.Callback):
             "hypervolume_ratio": _ratio(report["hypervolume"], pl_module.max_hypervolume),
             "initial_hypervolume": self.initial_hypervolume,
             "initial_front": None if self.initial_rewards is None else self.initial_rewards.tolist(),
-            "pwn_choice": {"weights": pwn_weights.tolist(), "rewards": pwn_rewards.tolist()},
+            "pwn_choice": {"weights": choice["weights"].tolist(), "rewards": choice["rewards"].tolist(),
+                           "hypervolume_gain": choice["hypervolume_gain"]},
             "groups": groups,  # {} when the evaluation prompts name no groups
-            "has_pwn": has_pwn,
+            "has_pwn": learned,
         }
         if not trainer.is_global_zero:
             return
         out_dir = Path(trainer.default_root_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_json_atomic(out_dir / f"{self.filename}.json", self.final_report)
-        extra = self._extra() | ({"PWN choice": pwn_rewards} if has_pwn else {})
+        extra = self._extra() | (_choice_points(choice, groups) if learned else {})
         plot_front(
             weights,
             rewards,
@@ -207,6 +248,15 @@ class ParetoEvalCallback(pl.Callback):
             out_dir / f"{self.filename}.png",
             extra,
         )
+
+
+def _choice_points(choice: dict | None, groups: dict[str, dict]) -> dict[str, Tensor]:
+    """The figure's PWN points: overall, and each group's mean under the PWN's own preferences."""
+    if choice is None:
+        return {}
+    points = {"PWN choice": choice["rewards"]}
+    points |= {f"PWN choice: {g}": torch.tensor(s["pwn_choice"]["rewards"]) for g, s in groups.items() if s.get("pwn_choice")}
+    return points
 
 
 def _eval_groups(trainer: pl.Trainer, pl_module: pl.LightningModule, n: int) -> list[str | None] | None:

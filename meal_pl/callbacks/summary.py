@@ -38,7 +38,9 @@ def summary_lines(steps: int, wall_s: float, report: dict | None, outputs: str, 
         if pwn and choice:
             names = report.get("objective_names") or [str(i) for i in range(len(choice["weights"]))]
             rows.append(("PWN's own preference", ", ".join(f"{n}={w:.2f}" for n, w in zip(names, choice["weights"], strict=True))))
-            rows.append(("its mean rewards", ", ".join(f"{n}={r:.3f}" for n, r in zip(names, choice["rewards"], strict=True))))
+            gain = choice.get("hypervolume_gain")
+            added = "" if gain is None else f" (hypervolume it adds to the static grid's front: {gain:.4f})"
+            rows.append(("its mean rewards", ", ".join(f"{n}={r:.3f}" for n, r in zip(names, choice["rewards"], strict=True)) + added))
     width = max(len(label) for label, _ in rows + [("outputs", "")])
     lines = ["meal-pl run finished"] + [f"  {label:<{width}}  {value}" for label, value in rows]
     if report and report.get("groups"):
@@ -47,14 +49,21 @@ def summary_lines(steps: int, wall_s: float, report: dict | None, outputs: str, 
 
 
 def group_lines(groups: dict[str, dict], names: list[str], pwn: bool) -> list[str]:
-    """Per prompt group: its prompts, the PWN's mean weights (meal only) and the group's hypervolume."""
-    lines = ["  per prompt group" + (" (the PWN's mean weights, the group's hypervolume)" if pwn else " (hypervolume)")]
+    """Per prompt group: its prompts, the PWN's mean weights (meal only), the group's hypervolume and (meal only)
+    the mean rewards under the PWN's own preferences with the hypervolume they add to the group's static front."""
+    heading = " (the PWN's mean weights, the group's hypervolume, rewards at the PWN's choice)" if pwn else " (hypervolume)"
+    lines = ["  per prompt group" + heading]
     width = max(len(g) for g in groups)
     for group, entry in groups.items():
         weights = entry.get("pwn_weights")
         shown = ", ".join(f"{n}={w:.2f}" for n, w in zip(names, weights, strict=True)) if pwn and weights else ""
         hv = entry.get("hypervolume")
         cells = [f"{entry.get('num_prompts', '')} prompts", shown, "HV " + ("—" if hv is None else f"{hv:.4f}")]
+        choice = entry.get("pwn_choice") if pwn else None
+        if choice:
+            gain = choice.get("hypervolume_gain")
+            cells.append("at its choice " + ", ".join(f"{n}={r:.3f}" for n, r in zip(names, choice["rewards"], strict=True))
+                         + ("" if gain is None else f" (+HV {gain:.4f})"))
         lines.append(f"    {group:<{width}}  " + "  ".join(c for c in cells if c))
     return lines
 
