@@ -205,12 +205,13 @@ def test_relevance_does_not_pay_for_restating_or_repeating(relevance):
 
 
 def test_novel_and_distinct_shares_hand_computed():
-    from meal_pl.rewards.relevance import distinct_word_share, novel_share
+    from meal_pl.rewards.relevance import distinct_bigram_share, novel_share
 
     assert novel_share("how do I bake bread", "bake bread with yeast") == pytest.approx(2 / 3)  # 'bake bread' copied
     assert novel_share("anything", "") == 0.0
-    assert distinct_word_share("I'm I'm I'm I'm") == pytest.approx(2 / 8)  # words: i, m (x4 each)
-    assert distinct_word_share("one two three") == 1.0
+    assert distinct_bigram_share("I'm I'm I'm I'm") == pytest.approx(2 / 7)  # words i m i m ...: pairs (i,m), (m,i)
+    assert distinct_bigram_share("the cat saw the dog and the cat ran") == pytest.approx(7 / 8)  # (the, cat) twice
+    assert distinct_bigram_share("") == 0.0
 
 
 def test_shared_encoder_embeds_each_text_once(relevance):

@@ -7,7 +7,7 @@ import torch
 
 from meal_pl.rewards.encoder import default_model_path, shared_encoder
 
-__all__ = ["RelevanceReward", "default_model_path", "last_request", "novel_share", "distinct_word_share"]
+__all__ = ["RelevanceReward", "default_model_path", "last_request", "novel_share", "distinct_bigram_share"]
 
 # Preference tags such as `<helpful:0.70>` (meal-pl) or `<rm1_score> 0.5` (RiC) are conditioning, not
 # part of the request, and must not move the similarity.
@@ -25,28 +25,32 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+def _grams(words: list[str], n: int) -> list[tuple[str, ...]]:
+    """Word n-grams; a text shorter than n words counts as its one n-gram of what it has."""
+    size = min(n, len(words))
+    return [tuple(words[i : i + size]) for i in range(len(words) - size + 1)]
+
+
 def novel_share(request: str, response: str, n: int = 2) -> float:
     """Share of the response's word n-grams that the request does not contain (1.0 for an answer in its own
-    words, 0.0 for the request parroted back); a response shorter than n words counts as its words."""
-    words = _words(response)
-    if not words:
+    words, 0.0 for the request parroted back); 0.0 for an empty response."""
+    grams = _grams(_words(response), n)
+    if not grams:
         return 0.0
-    size = min(n, len(words))
-    grams = [tuple(words[i : i + size]) for i in range(len(words) - size + 1)]
-    req = _words(request)
-    seen = {tuple(req[i : i + size]) for i in range(len(req) - size + 1)}
+    seen = set(_grams(_words(request), n))
     return sum(g not in seen for g in grams) / len(grams)
 
 
-def distinct_word_share(response: str) -> float:
-    """Distinct words / words (1.0 when no word repeats; "I'm I'm I'm I'm" 0.25); 0.0 for an empty response."""
-    words = _words(response)
-    return len(set(words)) / len(words) if words else 0.0
+def distinct_bigram_share(response: str) -> float:
+    """Distinct word pairs / word pairs: about 1 for prose of any length (words recur, pairs rarely do), low for
+    a loop ("I'm I'm I'm I'm": 2 of 7); 0.0 for an empty response."""
+    grams = _grams(_words(response), 2)
+    return len(set(grams)) / len(grams) if grams else 0.0
 
 
 class RelevanceReward:
-    """cos(e(request), e(response)) of mean-pooled MiniLM embeddings, times the share of the response not copied
-    from the request and (optionally) its distinct-word share.
+    """cos(e(request), e(response)) of mean-pooled MiniLM embeddings, times the share of the response's word pairs
+    not copied from the request and its share of distinct word pairs (each factor switchable).
 
     A cheap, offline stand-in for a helpfulness reward model: an answer about the asked topic scores higher than
     an off-topic one. The raw similarity pays most for restating the question (SmolLM2 drifted into repeating it,
@@ -72,6 +76,6 @@ class RelevanceReward:
         scores = []
         for c, req, comp in zip(cos, requests, completions, strict=True):
             factor = novel_share(req, comp) if self.copy_penalty else 1.0
-            factor *= distinct_word_share(comp) if self.repetition_penalty else 1.0
+            factor *= distinct_bigram_share(comp) if self.repetition_penalty else 1.0
             scores.append(c * factor if c > 0 else c)  # a discount must never raise an off-topic score
         return scores
