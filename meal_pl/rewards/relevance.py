@@ -26,7 +26,9 @@ def _words(text: str) -> list[str]:
 
 
 def _grams(words: list[str], n: int) -> list[tuple[str, ...]]:
-    """Word n-grams; a text shorter than n words counts as its one n-gram of what it has."""
+    """Word n-grams; a text shorter than n words counts as its one n-gram of what it has, an empty one as none."""
+    if not words:
+        return []
     size = min(n, len(words))
     return [tuple(words[i : i + size]) for i in range(len(words) - size + 1)]
 
