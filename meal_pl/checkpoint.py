@@ -59,22 +59,44 @@ class SafeCheckpointIO(TorchCheckpointIO):
         _fsync_dir(path.parent)  # make the rename itself durable
 
     def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Resume's load: weights-only whatever Lightning asks (`weights_only` is ignored), see read_checkpoint."""
         if not os.path.isfile(path) and "://" not in str(path):
             raise FileNotFoundError(f"checkpoint not found: {path} (ckpt_path); give an existing .ckpt file or ckpt_path=last")
-        try:
-            checkpoint = super().load_checkpoint(path, map_location=map_location or (lambda s, _: s), weights_only=weights_only)
-        except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for torn or foreign files
-            # torch's weights-only unpickler opens with a paragraph about its defaults; the cause is further down.
-            unpickler = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(e))
-            lines = str(e).strip().splitlines()
-            reason = f"unpickling: {unpickler.group(1).strip()}" if unpickler else lines[0] if lines else type(e).__name__
+        if "://" in str(path):  # remote files go through Lightning's fsspec reader, still weights-only
+            return _checked(path, lambda: super(SafeCheckpointIO, self).load_checkpoint(
+                path, map_location=map_location or (lambda s, _: s), weights_only=True))
+        return read_checkpoint(path, map_location)
+
+
+def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """A meal-pl checkpoint, loaded weights-only: tensors, numbers, strings and plain containers, which is all that
+    meal-pl writes. Anything else (a pickled object that would run code on load) is refused with one line naming
+    the file and the type, and nothing of it runs; so are torn files and other programs' checkpoints."""
+    return _checked(path, lambda: torch.load(path, map_location=map_location or (lambda s, _: s), weights_only=True))
+
+
+def _checked(path: str | Path, load) -> dict[str, Any]:
+    try:
+        checkpoint = load()
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for torn or foreign files
+        # torch's weights-only unpickler opens with a paragraph about its defaults; the cause is further down.
+        unpickler = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(e))
+        refused = re.search(r"GLOBAL ([\w.]+)", str(e))  # torch names the type it would have had to build
+        if refused:
             raise ValueError(
-                f"checkpoint {path} is corrupt or not a checkpoint ({reason}); resume from another one, e.g. an "
-                "earlier run's checkpoints/last.ckpt"
-            ) from e
-        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "meal_state" not in checkpoint:
-            raise ValueError(f"checkpoint {path} was not written by meal-pl (no 'state_dict'/'meal_state'); it cannot be resumed")
-        return checkpoint
+                f"checkpoint {path} refused: it holds a {refused.group(1)} object, which only a full unpickle could build "
+                "(and that may run code); meal-pl checkpoints hold tensors, numbers, strings and containers only. Load "
+                "checkpoints from people you trust, and share exported directories (safetensors) instead"
+            ) from None
+        lines = str(e).strip().splitlines()
+        reason = f"unpickling: {unpickler.group(1).strip()}" if unpickler else lines[0] if lines else type(e).__name__
+        raise ValueError(
+            f"checkpoint {path} is corrupt or not a checkpoint ({reason}); resume from another one, e.g. an "
+            "earlier run's checkpoints/last.ckpt"
+        ) from e
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "meal_state" not in checkpoint:
+        raise ValueError(f"checkpoint {path} was not written by meal-pl (no 'state_dict'/'meal_state'); it cannot be loaded")
+    return checkpoint
 
 
 def _fsync_dir(directory: Path) -> None:

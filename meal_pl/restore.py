@@ -36,14 +36,15 @@ def find_checkpoint(ckpt_path: str) -> tuple[Path, Path]:
 
 def load_run(ckpt_path: str, device: str = "cpu"):
     """(module in eval mode on `device`, datamodule, config) of a training run's checkpoint."""
+    from meal_pl.checkpoint import read_checkpoint
     from meal_pl.train import build  # deferred: train imports Hydra's app machinery
 
     ckpt, run = find_checkpoint(ckpt_path)
+    state = read_checkpoint(ckpt)  # weights-only, and first: a refused file is refused before anything is built
     cfg: DictConfig = OmegaConf.load(run / ".hydra" / "config.yaml")
     with open_dict(cfg):
         cfg.paths.output_dir = str(run)
     datamodule, module = build(cfg, tokenizer_dir=run / "tokenizer")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)  # our own file: it holds the meta buffer too
     module.load_state_dict(state["state_dict"])
     return module.to(resolve_device(device)).eval(), datamodule, cfg
 
