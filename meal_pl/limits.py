@@ -5,6 +5,8 @@ from __future__ import annotations
 from lightning.pytorch.utilities import rank_zero_warn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from meal_pl.escaping import encode_without_tags
+
 
 def check_context(policy: PreTrainedModel, max_prompt_length: int, num_tags: int, max_new_tokens: int) -> None:
     """Prompt + preference tags + response must fit the model's context; say which knob to turn if not."""
@@ -24,7 +26,7 @@ def check_prompt_lengths(tokenizer: PreTrainedTokenizerBase, prompts: list[str],
     """Refuse (prompt_overflow=error) or announce (truncate) prompts over max_prompt_length, before any step."""
     if not prompts:
         return
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    lengths = [len(ids) for ids in encode_without_tags(tokenizer, prompts)]
     over = [i for i, n in enumerate(lengths) if n > max_prompt_length]
     if not over:
         return

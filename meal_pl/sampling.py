@@ -11,6 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from meal_pl import decode, losses
 from meal_pl.chat import format_prompts
+from meal_pl.escaping import encode_without_tags
 
 DECODERS = ("loop", "hf")
 _log = logging.getLogger("meal_pl")
@@ -23,9 +24,10 @@ def encode_prompts(
     """Left-padded (B,P) ids and mask; prompts over max_length keep their end (the request being answered).
 
     Returns (ids, mask, number of prompts truncated) so the caller can count and warn. A model with
-    `model.chat_template: true` reads each prompt through its chat template (meal_pl.chat).
+    `model.chat_template: true` reads each prompt through its chat template (meal_pl.chat). A tag string typed into
+    a prompt stays text (meal_pl.escaping): only the conditioner places tag ids.
     """
-    rows = tokenizer(format_prompts(tokenizer, prompts), add_special_tokens=False)["input_ids"]
+    rows = encode_without_tags(tokenizer, format_prompts(tokenizer, prompts))
     truncated = sum(len(r) > max_length for r in rows)
     rows = [r[-max_length:] for r in rows]
     width = max(len(r) for r in rows)

@@ -10,6 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from meal_pl import losses
 from meal_pl.conditioning import TextTagConditioner
+from meal_pl.escaping import encode_without_tags
 from meal_pl.models import is_peft
 from meal_pl.sampling import position_ids
 
@@ -56,7 +57,7 @@ def pack(rows: list[tuple[list[int], list[int]]], pad: int, device: torch.device
 def encode_responses(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_new_tokens: int) -> tuple[Tensor, Tensor]:
     """Right-padded response ids ending in EOS, truncated to max_new_tokens (the warm start's targets)."""
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    encoded = tokenizer([" " + t for t in texts], add_special_tokens=False)["input_ids"]
+    encoded = encode_without_tags(tokenizer, [" " + t for t in texts])
     rows = [ids[: max_new_tokens - 1] + [eos] for ids in encoded]
     width = max(len(r) for r in rows)
     resp = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
