@@ -174,6 +174,11 @@ class PromptDataModule(L.LightningDataModule):
         balance_eval_groups: bool = False,
     ) -> None:
         super().__init__()
+        for key, value, least in (("batch_size", batch_size, 1), ("eval_size", eval_size, 1), ("num_workers", num_workers, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"data.{key}={value} must be an integer >= {least}")
+        if max_prompts is not None and (isinstance(max_prompts, bool) or not isinstance(max_prompts, int) or max_prompts < 1):
+            raise ValueError(f"data.max_prompts={max_prompts} must be an integer >= 1, or null for every prompt")
         if path is not None and hub_name is not None:
             raise ValueError(f"set one of data.path ({path!r}) and data.hub_name ({hub_name!r}), not both")
         self.save_hyperparameters(logger=False)  # the run logs its whole config once, with the final metric (meal_pl.sweeps)

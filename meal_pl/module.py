@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -98,6 +99,10 @@ class MealModule(FrontEvaluation, L.LightningModule):
         self._pwn_opt_state: dict | None = None
         self.reward_norm = RunningRewardNorm(len(self.objective_names))
         self.sampler, self.meta = sampler, meta
+        for key, partial in (("policy_optimizer", policy_optimizer), ("pwn_optimizer", pwn_optimizer)):
+            lr = getattr(partial, "keywords", {}).get("lr")  # a functools.partial from the config (_partial_: true)
+            if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+                raise ValueError(f"algorithm.{key}.lr={lr} must be a finite number > 0, e.g. 2e-3")
         self.policy_optimizer, self.pwn_optimizer = policy_optimizer, pwn_optimizer
         self.beta, self.warmup_steps, self.gradient_clip_val = beta, warmup_steps, gradient_clip_val
         self.max_prompt_length, self.prompt_overflow, self.eval_batch_size = max_prompt_length, prompt_overflow, eval_batch_size

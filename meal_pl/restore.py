@@ -16,7 +16,9 @@ from typing import Any
 
 import torch
 import yaml
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue
 
 
 def find_checkpoint(ckpt_path: str) -> tuple[Path, Path]:
@@ -44,9 +46,24 @@ def load_run(ckpt_path: str, device: str = "cpu"):
     cfg: DictConfig = OmegaConf.load(run / ".hydra" / "config.yaml")
     with open_dict(cfg):
         cfg.paths.output_dir = str(run)
-    datamodule, module = build(cfg, tokenizer_dir=run / "tokenizer")
+    try:
+        datamodule, module = build(cfg, tokenizer_dir=run / "tokenizer")
+    except (InstantiationException, ConfigAttributeError, ConfigKeyError, MissingMandatoryValue) as err:
+        raise ValueError(config_error_line(run, err)) from None
     module.load_state_dict(state["state_dict"])
     return module.to(resolve_device(device)).eval(), datamodule, cfg
+
+
+def config_error_line(run: Path, err: Exception) -> str:
+    """`run ...: its config cannot be rebuilt (key ...): reason` from Hydra's or OmegaConf's multi-line error."""
+    text = str(err)
+    key = getattr(err, "full_key", None) or next(
+        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("full_key:")), None)
+    reason = " ".join(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("full_key:"))
+    reason = reason.replace(", set env var HYDRA_FULL_ERROR=1 to see chained exception", "").rstrip(".") or type(err).__name__
+    where = f" (key {key})" if key else ""
+    return (f"run {run}: its config {run / '.hydra' / 'config.yaml'} cannot be rebuilt{where}: {reason}; a run directory's "
+            "config names code to build, so use run directories you trust")
 
 
 def resolve_device(device: str) -> torch.device:

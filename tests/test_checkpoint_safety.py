@@ -63,3 +63,19 @@ def test_resume_refuses_it_and_nothing_runs(tampered, tmp_path, monkeypatch, cap
                           f"hydra.run.dir={tmp_path / 'resumed'}")
     assert code == 1 and not marker.exists()
     assert err.strip().splitlines()[-1].startswith(f"error: checkpoint {bad} refused: it holds a ")
+
+
+@pytest.mark.parametrize("target, reason", [("os.system", "is blocklisted"), ("meal_pl.nope.Reward", "Error locating target")])
+def test_a_run_config_that_cannot_be_rebuilt_is_one_line(run_dir, tmp_path, target, reason, monkeypatch, capsys):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    config = copy / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace("_target_: meal_pl.rewards.synthetic.WordShareReward", f"_target_: {target}", 1))
+    monkeypatch.setattr(sys, "argv", ["evaluate", f"ckpt_path={copy}"])
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(evaluate.main)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"error: run {copy}: its config") and "(key objective.rewards." in err and reason in err

@@ -128,3 +128,13 @@ def test_instantiation_errors_are_reported_by_their_cause_on_one_line():
     assert line == "error: algorithm.sampler.num_samples=0 must be >= 1 (N, the responses sampled per prompt)"
     assert one_line(RuntimeError("line one\n  line two")) == "error: line one line two"
     assert one_line(KeyError("k")) == "error: KeyError: 'k'"
+
+
+@pytest.mark.parametrize("override, line", [
+    ("data.batch_size=0", "error: data.batch_size=0 must be an integer >= 1"),
+    ("algorithm.policy_optimizer.lr=nan", "error: algorithm.policy_optimizer.lr=nan must be a finite number > 0, e.g. 2e-3"),
+    ("data.eval_size=-1", "error: data.eval_size=-1 must be an integer >= 1"),
+])
+def test_bad_numbers_name_their_key_in_one_line(override, line, monkeypatch, capsys, tmp_path):
+    code, err = train_cli(monkeypatch, capsys, "objective=synthetic", override, f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == 1 and err.strip().splitlines() == [line]
