@@ -53,6 +53,12 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the st
 warnings.filterwarnings("ignore", message=r".*no pre-optimization state was saved.*")
 
 
+def _mixed_precision(module: L.LightningModule) -> bool:
+    """True when the trainer runs a mixed-precision plugin (bf16-mixed, 16-mixed)."""
+    trainer = module._trainer
+    return trainer is not None and str(trainer.precision).endswith("-mixed")
+
+
 class MealModule(FrontEvaluation, L.LightningModule):
     """Bi-level Meta-Aligner: a preference-weight-net over a preference-conditioned LLM policy."""
 
@@ -133,7 +139,12 @@ class MealModule(FrontEvaluation, L.LightningModule):
     def configure_optimizers(self):
         """Lightning gets the policy's optimiser only (every strategy supports one; global_step counts policy
         updates); the PWN's is the module's own, averaged by meal_pl.distributed and saved in meal_state."""
-        policy_opt = self.policy_optimizer(params=[p for p in self.policy.parameters() if p.requires_grad])
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        policy_opt = self.policy_optimizer(params=params)
+        if getattr(policy_opt, "defaults", {}).get("fused") and _mixed_precision(self):
+            # Lightning's mixed-precision plugin refuses to clip a fused optimiser's gradients; the unfused
+            # optimiser computes the same update.
+            policy_opt = self.policy_optimizer(params=params, fused=False)
         warmup = max(1, self.warmup_steps)
         schedule = torch.optim.lr_scheduler.LambdaLR(policy_opt, lambda s: min(1.0, (s + 1) / warmup))
         pwn_params = [p for p in self.pwn.parameters() if p.requires_grad]

@@ -44,8 +44,10 @@ class PreferenceWeightNet(nn.Module):
         nn.init.zeros_(self.mlp[-1].bias)
 
     def logits(self, features: Tensor) -> Tensor:
-        """(B,F) -> (B,K) preference logits z."""
-        return self.mlp(features.to(self.mlp[1].weight.dtype))
+        """(B,F) -> (B,K) preference logits z, in float32 even under autocast (bf16-mixed): the preference, its
+        Dirichlet draw and the meta-gradient through it stay in float32 (torch's Dirichlet has no bf16 kernel)."""
+        with torch.autocast(features.device.type, enabled=False):
+            return self.mlp(features.to(self.mlp[1].weight.dtype))
 
     def weights_from_logits(self, logits: Tensor) -> Tensor:
         return torch.softmax(logits / self.temperature, -1)
@@ -61,11 +63,14 @@ class PreferenceWeightNet(nn.Module):
         """The training preferences of prompts whose PWN output is `weights` (B,K)."""
         if self.proposal == "point":
             return weights
-        return torch.distributions.Dirichlet(self.alpha(weights)).sample()
+        return torch.distributions.Dirichlet(self.alpha(weights.float())).sample()
 
     def differentiable(self, weights: Tensor, drawn: Tensor) -> Tensor:
         """`drawn` (B,K), as sample() gave it, as a differentiable function of the PWN's `weights` (B,K)."""
-        return weights if self.proposal == "point" else dirichlet_at(self.alpha(weights), drawn)
+        if self.proposal == "point":
+            return weights
+        with torch.autocast(weights.device.type, enabled=False):
+            return dirichlet_at(self.alpha(weights.float()), drawn)
 
 
 class _DirichletAt(torch.autograd.Function):
