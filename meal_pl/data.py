@@ -67,6 +67,21 @@ def _record(obj: Any) -> dict:
     return record
 
 
+def jsonl_rows(path: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) of each non-blank line of a .jsonl or .jsonl.gz file; a line that is not JSON
+    raises ValueError naming the file and the line."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from e
+            yield lineno, row
+
+
 def load_records(path: str) -> list[dict]:
     """Read HH pairs or prompt-only rows from a .jsonl or .jsonl.gz file into {"prompt", "responses"} records."""
     if not os.path.isfile(path):
@@ -74,41 +89,37 @@ def load_records(path: str) -> list[dict]:
             f"data file not found: {path} (config key data.path; a relative path is relative to the "
             "directory you run from; data.path=null uses the shipped prompt set)"
         )
-    opener = gzip.open if path.endswith(".gz") else open
     records = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(_record(json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from e
-            except (ValueError, TypeError, AttributeError) as e:
-                raise ValueError(f"{path}, line {lineno}: {e}") from e
+    for lineno, obj in jsonl_rows(path):
+        try:
+            records.append(_record(obj))
+        except (ValueError, TypeError, AttributeError) as e:
+            raise ValueError(f"{path}, line {lineno}: {e}") from e
     if not records:
         raise ValueError(f"data file is empty: {path} (config key data.path)")
     return records
 
 
-def load_hub(name: str, split: str) -> list[dict]:
-    """Load an HH-format dataset from the Hugging Face hub (or its local cache) into records."""
+def hub_rows(name: str, split: str, key: str = "data.hub_name", path_key: str = "data.path") -> Any:
+    """The rows of a hub dataset (or its local cache); a failure says how to fix it, naming the config keys."""
     from datasets import load_dataset  # deferred: importing datasets costs ~1 s and is rarely needed
 
     try:
-        rows = load_dataset(name, split=split)
+        return load_dataset(name, split=split)
     except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ...)
         offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
         fix = (
-            "you are offline (HF_HUB_OFFLINE=1): set data.path to a local .jsonl/.jsonl.gz file, "
+            f"you are offline (HF_HUB_OFFLINE=1): set {path_key} to a local .jsonl/.jsonl.gz file, "
             "or run with HF_HUB_OFFLINE=0 and network access"
             if offline
-            else "check the name and split, or set data.path to a local .jsonl/.jsonl.gz file"
+            else f"check the name and split, or set {path_key} to a local .jsonl/.jsonl.gz file"
         )
-        raise RuntimeError(
-            f"could not load data.hub_name={name!r} (split {split!r}): {fix}. Cause: {e}"
-        ) from e
-    return [_record(row) for row in rows]
+        raise RuntimeError(f"could not load {key}={name!r} (split {split!r}): {fix}. Cause: {e}") from e
+
+
+def load_hub(name: str, split: str) -> list[dict]:
+    """Load an HH-format dataset from the Hugging Face hub (or its local cache) into records."""
+    return [_record(row) for row in hub_rows(name, split)]
 
 
 # Lightning warns on a mid-epoch resume unless the DataLoader has state_dict(); ResumableSampler takes the

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 from typing import NamedTuple
 
-from meal_pl.data import split_hh
+from meal_pl.data import hub_rows, jsonl_rows, split_hh
 
 
 class Pair(NamedTuple):
@@ -48,40 +46,26 @@ def load_pairs(path: str, skip_invalid: bool = False) -> list[Pair]:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pairs file not found: {path} (config key pairs.path)")
-    opener = gzip.open if path.endswith(".gz") else open
     pairs = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from e
-            try:
-                pairs.append(pair_from_row(row))
-            except ValueError as e:
-                content = isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("chosen", "rejected"))
-                if not (skip_invalid and content):
-                    raise ValueError(f"{path}, line {lineno}: {e}") from e
+    for lineno, row in jsonl_rows(path):
+        try:
+            pairs.append(pair_from_row(row))
+        except ValueError as e:
+            content = isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("chosen", "rejected"))
+            if not (skip_invalid and content):
+                raise ValueError(f"{path}, line {lineno}: {e}") from e
     if not pairs:
         raise ValueError(f"{path}: no preference pairs in the file (config key pairs.path)")
     return pairs
 
 
 def load_hub_pairs(name: str, split: str) -> list[Pair]:
-    """Pairs of a hub dataset in either format (needs the network, or the dataset in the local cache)."""
-    from datasets import load_dataset  # deferred: importing datasets costs ~1 s
-
-    try:
-        rows = load_dataset(name, split=split)
-    except Exception as e:  # datasets raises many types
-        raise RuntimeError(f"could not load pairs.hub_name={name!r} (split {split!r}): set pairs.path to a local "
-                           f".jsonl/.jsonl.gz file, or run with network access. Cause: {e}") from e
+    """Pairs of a hub dataset in either format (needs the network, or the dataset in the local cache); pairs that
+    prefer nothing (equal or empty answers) are dropped."""
     pairs = []
-    for row in rows:
+    for row in hub_rows(name, split, "pairs.hub_name", "pairs.path"):
         try:
             pairs.append(pair_from_row(dict(row)))
         except ValueError:
-            continue  # hub sets hold a few pairs that prefer nothing (equal or empty answers)
+            continue
     return pairs
