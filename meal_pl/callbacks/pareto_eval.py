@@ -216,8 +216,8 @@ class ParetoEvalCallback(pl.Callback):
         already_logged = self._last is not None and self._last[0] == trainer.global_step
         weights, rewards, report = self._evaluate(trainer, pl_module)
         choice = self._pwn_choice(trainer, pl_module, rewards)
-        groups, _ = self._group_summary(pl_module, choice)
         learned = has_pwn(pl_module)  # ric/linear/soups have none: their "choice" is their static source's
+        groups, _ = self._group_summary(pl_module, choice if learned else None)
         if not already_logged:
             self._log(trainer, pl_module, weights, rewards, report, choice if learned else None)
             self._warn_if_not_steerable(report)
