@@ -239,9 +239,10 @@ def group_rows(rows: list[dict]) -> list[list[str]]:
     for r in rows:
         for g, e in (r.get("groups") or {}).items():
             w = "—" if not e["pwn_weights"] else "(" + ", ".join(f"{x:.2f}" for x in e["pwn_weights"]) + ")"
-            at = "—" if not e.get("pwn_rewards") else "(" + ", ".join(f"{x:.3f}" for x in e["pwn_rewards"]) + ")"
-            out.append([r["method"], g, w, _fmt(e["hv"], ".4f", e["hv_std"]), at,
-                        _fmt(e.get("pwn_gain"), "+.4f", e.get("pwn_gain_std"))])
+            learned = bool(r.get("pwn_weights"))  # a static source (ric, linear, soups) has no choice of its own
+            at = "—" if not (learned and e.get("pwn_rewards")) else "(" + ", ".join(f"{x:.3f}" for x in e["pwn_rewards"]) + ")"
+            gain = _fmt(e.get("pwn_gain"), "+.4f", e.get("pwn_gain_std")) if learned else "—"
+            out.append([r["method"], g, w, _fmt(e["hv"], ".4f", e["hv_std"]), at, gain])
     return out
 
 
