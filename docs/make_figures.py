@@ -26,11 +26,11 @@ DATA, IMAGES = ROOT / "docs" / "data", ROOT / "docs" / "images"
 
 
 def bench_fronts(source: Path, out: Path) -> None:
-    """Every method's mean front over seeds, with each PWN's own point (the bench's own figure)."""
+    """Every method's mean front over seeds, with each PWN's own point (the bench's own figure, framed on the fronts)."""
     bench = json.loads(source.read_text())
     K = len(bench["objectives"])
     plot_bench(bench["methods"], bench["objectives"], bench["reference_point"],
-               bench["max_hypervolume"] is not None and K == 2, out)
+               bench["max_hypervolume"] is not None and K == 2, out, zoom=True)
 
 
 def bench_steerability(source: Path, out: Path) -> None:

@@ -288,8 +288,10 @@ def checks(rows: list[dict], synthetic: bool) -> list[str]:
     return lines
 
 
-def plot_bench(rows: list[dict], names: list[str], reference: list[float], simplex_front: bool, path: str | Path) -> Figure:
-    """Every method's mean front (over seeds) on one plot, with the PWN's own points and the true front."""
+def plot_bench(rows: list[dict], names: list[str], reference: list[float], simplex_front: bool, path: str | Path,
+               zoom: bool = False) -> Figure:
+    """Every method's mean front (over seeds) on one plot, with the PWN's own points and the true front; `zoom`
+    frames the fronts alone (the reference point, when far, is then off the plot)."""
     fig = Figure(figsize=(7.5, 6), layout="constrained")
     ax = fig.subplots()
     if simplex_front:
@@ -304,7 +306,8 @@ def plot_bench(rows: list[dict], names: list[str], reference: list[float], simpl
         if r.get("pwn_rewards"):
             ax.scatter([r["pwn_rewards"][0]], [r["pwn_rewards"][1]], marker="*", s=220, color=line.get_color(),
                        edgecolors="black", zorder=5)
-    ax.scatter([reference[0]], [reference[1]], marker="x", color="red", s=60, label="reference point")
+    if not zoom:
+        ax.scatter([reference[0]], [reference[1]], marker="x", color="red", s=60, label="reference point")
     ax.scatter([], [], marker="*", s=120, color="grey", edgecolors="black", label="PWN's own point")
     ax.set_xlabel(names[0])
     ax.set_ylabel(names[1])
