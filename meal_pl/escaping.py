@@ -18,8 +18,14 @@ TAG_SHAPE = re.compile(r"<[^<>\s:]+:[-+]?\d*\.?\d+>")
 
 
 def tag_strings(tokenizer: PreTrainedTokenizerBase) -> list[str]:
-    """The tokenizer's registered tag tokens (longest first, so a regex prefers the whole tag)."""
-    return sorted((t for t in tokenizer.get_added_vocab() if TAG_SHAPE.fullmatch(t)), key=len, reverse=True)
+    """The tokenizer's registered tag tokens (longest first, so a regex prefers the whole tag); computed once per
+    vocabulary size, since prompts are encoded every step and tags are only ever added."""
+    cached = getattr(tokenizer, "_meal_tag_strings", None)
+    if cached is None or cached[0] != len(tokenizer):
+        tags = sorted((t for t in tokenizer.get_added_vocab() if TAG_SHAPE.fullmatch(t)), key=len, reverse=True)
+        cached = (len(tokenizer), tags)
+        tokenizer._meal_tag_strings = cached
+    return cached[1]
 
 
 def encode_without_tags(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:

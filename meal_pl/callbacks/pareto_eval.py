@@ -94,14 +94,15 @@ class ParetoEvalCallback(pl.Callback):
         step = trainer.global_step
         if self._choice is not None and self._choice[0] == step:
             return self._choice[1]
+        prompt_weights = None  # (P,K), when the module answers per prompt
         if hasattr(pl_module, "evaluate_pwn_choice_per_prompt"):
-            weights, per_prompt = _eval_mode(pl_module, pl_module.evaluate_pwn_choice_per_prompt, self._prompts)
-            per_prompt = per_prompt.detach().float().cpu()
-            weights, rewards = weights.detach().float().cpu().mean(0), per_prompt.nanmean(0)
+            prompt_weights, per_prompt = _eval_mode(pl_module, pl_module.evaluate_pwn_choice_per_prompt, self._prompts)
+            prompt_weights, per_prompt = prompt_weights.detach().float().cpu(), per_prompt.detach().float().cpu()
+            weights, rewards = prompt_weights.mean(0), per_prompt.nanmean(0)
         else:
             weights, rewards = _eval_mode(pl_module, pl_module.evaluate_pwn_choice, self._prompts)
             weights, rewards, per_prompt = weights.detach().float().cpu(), rewards.detach().float().cpu(), None
-        choice = {"weights": weights, "rewards": rewards, "per_prompt": per_prompt,
+        choice = {"weights": weights, "rewards": rewards, "per_prompt": per_prompt, "prompt_weights": prompt_weights,
                   "hypervolume_gain": hypervolume_gain(front, rewards, pl_module.reference_point)}
         self._choice = (step, choice)
         return choice
@@ -111,8 +112,8 @@ class ParetoEvalCallback(pl.Callback):
         and the PWN's (P,K) weights."""
         if not group_names(self._groups):
             return {}, None
-        pwn = None
-        if hasattr(pl_module, "pwn_weights"):
+        pwn = None if choice is None else choice["prompt_weights"]  # the same weights: no second pass over the prompts
+        if pwn is None and hasattr(pl_module, "pwn_weights"):
             pwn = _eval_mode(pl_module, pl_module.pwn_weights, self._prompts).detach().float().cpu()
         summary = per_group_summary(self._groups, pwn, self._per_prompt, pl_module.reference_point, pl_module.max_hypervolume,
                                     None if choice is None else choice["per_prompt"])
