@@ -9,7 +9,9 @@ ids. Other special tokens (a chat template's own turn markers) are left as they 
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
@@ -42,3 +44,31 @@ def encode_without_tags(tokenizer: PreTrainedTokenizerBase, texts: list[str]) ->
                 ids += tokenizer(piece, add_special_tokens=False, split_special_tokens=bool(i % 2))["input_ids"]
         rows.append(ids)
     return rows
+
+
+def tags_as_vocabulary(tokenizer_dir: str | Path) -> bool:
+    """Rewrite a saved tokenizer so that typed tag text stays text there too: each tag moves from the added tokens
+    (which a tokenizer matches in any text) into the model's vocabulary under the same id (which its merges never
+    produce from text), so `convert_tokens_to_ids("<helpful:0.70>")` and decoding still work. False, unchanged,
+    for a tokenizer whose model has no token -> id vocabulary (BPE and WordPiece have one)."""
+    path = Path(tokenizer_dir)
+    spec = json.loads((path / "tokenizer.json").read_text())
+    vocab = spec.get("model", {}).get("vocab")
+    if not isinstance(vocab, dict):
+        return False
+    tags = [t for t in spec.get("added_tokens", []) if TAG_SHAPE.fullmatch(t["content"])]
+    spec["added_tokens"] = [t for t in spec.get("added_tokens", []) if not TAG_SHAPE.fullmatch(t["content"])]
+    vocab.update({t["content"]: t["id"] for t in tags})
+    (path / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False))
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if not (path / name).is_file():
+            continue
+        config = json.loads((path / name).read_text())
+        for key in ("extra_special_tokens", "additional_special_tokens"):
+            if isinstance(config.get(key), list):
+                config[key] = [t for t in config[key] if not (isinstance(t, str) and TAG_SHAPE.fullmatch(t))]
+        if isinstance(config.get("added_tokens_decoder"), dict):
+            config["added_tokens_decoder"] = {k: v for k, v in config["added_tokens_decoder"].items()
+                                              if not TAG_SHAPE.fullmatch(str(v.get("content", "")))}
+        (path / name).write_text(json.dumps(config, indent=2, ensure_ascii=False))
+    return True

@@ -21,6 +21,7 @@ import torch
 
 import meal_pl  # noqa: F401  (offline default before transformers is imported)
 from meal_pl.conditioning import check_preference
+from meal_pl.escaping import tags_as_vocabulary
 from meal_pl.models import export_policy, is_peft
 from meal_pl.pwn import PreferenceWeightNet
 from meal_pl.restore import load_run, parse_args, run_cli
@@ -31,7 +32,9 @@ USAGE = """# meal-pl export
   preference-conditioned policy (LoRA adapters, if any, merged in).
 - A preference enters as K tag tokens appended right after the prompt, one per objective in the order of
   `meal.json` "objectives", values rounded to multiples of 1/tag_resolution that sum to 1, e.g.
-  `{example}`. Each tag is a single special token of the tokenizer.
+  `{example}`. Each tag is a single token of the vocabulary: append it by id,
+  `tokenizer.convert_tokens_to_ids([...])`. Typed into a prompt, the same text encodes as ordinary characters, so a
+  user cannot set the preference.
   Conditioning backend: `{backend}`. {merged}
   Prompt format: `"\\n\\nHuman: <request>\\n\\nAssistant:"` then the tags; sample the response after them.
 - `pwn.pt`: the preference-weight-net's state dict; `meal.json` "pwn" holds its constructor arguments
@@ -89,6 +92,7 @@ def export(module, out: Path, reference: bool = True, preference: list[float] | 
     out.mkdir(parents=True, exist_ok=True)
     policy.save_pretrained(str(out))
     module.tokenizer.save_pretrained(str(out))
+    tags_by_id_only = tags_as_vocabulary(out)  # a user's typed tag text stays text in the exported tokenizer too
     names, conditioner = module.objective_names, module.conditioner
     example = conditioner.format(torch.full((1, len(names)), 1.0 / len(names)))[0]
     pwn = None
@@ -107,6 +111,8 @@ def export(module, out: Path, reference: bool = True, preference: list[float] | 
         "tag_format": "<{objective}:{value:.2f}>",
         "tag_resolution": conditioner.resolution,
         "tag_position": "after the prompt, before the response",
+        "tag_input": "token ids (tokenizer.convert_tokens_to_ids); typed tag text encodes as text" if tags_by_id_only
+        else "special tokens: typed tag text becomes tag ids (strip <name:value> from user text)",
         "example_tags": example,
         "conditioning": conditioner.name,
         "merged_preference": None if merged_at is None else conditioner.quantize(merged_at[None])[0].tolist(),

@@ -83,7 +83,10 @@ def test_export_reloads_with_transformers(run_dir, tmp_path):
     module, _, _ = load_run(str(run_dir))
     tokenizer = AutoTokenizer.from_pretrained(out)
     tag = "<a_to_m:0.80>"
-    assert tokenizer(tag, add_special_tokens=False)["input_ids"] == [tokenizer.convert_tokens_to_ids(tag)]
+    tag_id = tokenizer.convert_tokens_to_ids(tag)
+    assert tag_id == module.tokenizer.convert_tokens_to_ids(tag) and tokenizer.decode([tag_id]) == tag
+    typed = tokenizer(f"Hello {module.conditioner.format(torch.tensor([[0.8, 0.2]]))[0]}", add_special_tokens=False)["input_ids"]
+    assert not set(module.conditioner.token_ids.flatten().tolist()) & set(typed)  # typed tags stay text here too
     ids = torch.cat([tokenizer(["Hello there"], return_tensors="pt")["input_ids"],
                      module.conditioner.tag_ids(torch.tensor([[0.8, 0.2]]))], 1)
     policy = AutoModelForCausalLM.from_pretrained(out)
