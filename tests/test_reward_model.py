@@ -159,3 +159,12 @@ def test_help_is_the_reward_model_apps():
     result = subprocess.run([sys.executable, "-m", "meal_pl.reward_model", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("meal_pl.reward_model: train a Bradley-Terry reward model")
     assert "rm_backend: head, trl" in result.stdout
+
+
+def test_trl_backend_without_trl_names_the_install(monkeypatch, tmp_path):
+    from meal_pl.reward_model.backends import TRLBackend
+
+    monkeypatch.setitem(sys.modules, "trl", None)  # as on a machine without the optional extra
+    with pytest.raises(RuntimeError, match=r"rm_backend=trl needs TRL: pip install 'meal-pl\[bench\]'"):
+        TRLBackend(model="gpt2").fit([Pair("p", "a", "b")], [], tmp_path / "rm")
+    assert not (tmp_path / "rm").exists()
