@@ -32,8 +32,7 @@ class HeadBackend:
                              f"{weight_decay} >= 0 (one value, or a list to choose from by cross-validation) and "
                              f"rm_backend.folds={folds} >= 2")
         self.weight_decays, self.folds = [float(d) for d in decays], folds
-        # The default cache keeps a chunk's requests between its chosen and rejected answers: each is encoded once.
-        self.encoder = SentenceEncoder(encoder_path, max_length, batch_size)
+        self.encoder = SentenceEncoder(encoder_path, max_length, batch_size, cache_size=0)
         self.max_length, self.batch_size = max_length, batch_size
         self.steps, self.lr, self.seed = steps, lr, seed
 
