@@ -32,6 +32,9 @@ class HeadBackend:
                              f"{weight_decay} >= 0 (one value, or a list to choose from by cross-validation) and "
                              f"rm_backend.folds={folds} >= 2")
         self.weight_decays, self.folds = [float(d) for d in decays], folds
+        # No cache across calls: a request is encoded with its chunk's chosen and again with its rejected answers.
+        # Caching it moves the head's weights by 3e-4 (padding differs), and the shipped head must stay exactly what
+        # this command writes; the repeat costs seconds.
         self.encoder = SentenceEncoder(encoder_path, max_length, batch_size, cache_size=0)
         self.max_length, self.batch_size = max_length, batch_size
         self.steps, self.lr, self.seed = steps, lr, seed
