@@ -36,6 +36,7 @@ from meal_pl.limits import check_context, check_prompt_lengths
 from meal_pl.meta import MetaConfig
 from meal_pl.models import apply_lora, fold_lora, is_peft
 from meal_pl.pareto import ideal_hypervolume
+from meal_pl.precision import forward_context
 from meal_pl.profiling import section
 from meal_pl.rewards import RewardSet, RunningRewardNorm
 from meal_pl.rollout import Rollout, gather
@@ -333,11 +334,11 @@ class MealModule(FrontEvaluation, L.LightningModule):
     @torch.no_grad()
     def prompt_features(self, ids: Tensor, mask: Tensor) -> Tensor:
         """h(x): mean-pooled last hidden states of the frozen reference policy over prompt tokens. (B,F)."""
-        with self.reference() as ref:
+        with self.reference() as ref, forward_context(self):
             backbone = (ref.get_base_model() if is_peft(ref) else ref).base_model
             hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
-        m = mask[..., None].to(hidden.dtype)
-        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        m = mask[..., None].float()
+        return (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1)  # float32 under bf16 too: the PWN reads it
 
     def tag_weights(self, weights: Tensor) -> Tensor:
         """The preference written into the prompt: the requested one, or uniform 1/K with neutral_tags."""
@@ -349,5 +350,5 @@ class MealModule(FrontEvaluation, L.LightningModule):
         trainer = self._trainer
         synced = trainer is not None and trainer.world_size > 1 and distributed.shards_parameters(trainer.strategy)
         suppress = self.conditioner.token_ids.flatten().tolist()
-        with conditioned(self.conditioner, self.policy, prefix):
+        with conditioned(self.conditioner, self.policy, prefix), forward_context(self):
             return generate_eval_mode(self.sampler, self.policy, self.tokenizer, prefix, prefix_mask, suppress, greedy, num_samples, synced)

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import meal_pl  # noqa: F401  (sets the offline default before transformers is imported)
+from meal_pl import precision
 from meal_pl.chat import use_chat_template
 from meal_pl.checkpoint import describe, find_last_checkpoint, run_identity
 from meal_pl.config_check import check_key_overrides
@@ -71,8 +72,22 @@ def build_run(cfg: DictConfig):
     save_run_files(cfg, module.tokenizer)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **precision_settings(cfg))
     return datamodule, module, trainer
+
+
+def precision_settings(cfg: DictConfig) -> dict:
+    """The trainer's `precision` and `plugins` with `auto` resolved for this device (meal_pl.precision), and
+    the one line that says what the run uses."""
+    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
+    chosen, frozen = precision.resolve(cfg.trainer.get("precision"), str(cfg.get("frozen_weights_dtype", "float32")), accelerator)
+    if rank_zero_only.rank == 0:
+        emit([precision.describe(chosen, frozen, accelerator)])
+    plugin = precision.precision_plugin(chosen, frozen, accelerator)
+    if plugin is None:
+        return {"precision": chosen}
+    plugins = [instantiate(p) for p in cfg.trainer.get("plugins") or []]
+    return {"precision": None, "plugins": [*plugins, plugin]}
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

@@ -26,7 +26,7 @@ MICRO = TINY + [
     [
         (["objective=helpful_harmles"], "objective=helpful_harmles is not a config option; choose one of: helpful_harmless, "),
         (["model=llama3"], "model=llama3 is not a config option; choose one of: llama2_7b, qwen2_5_0_5b, smollm2_135m, tiny"),
-        (["hardware=tpu"], "hardware=tpu is not a config option; choose one of: cpu, ddp, deepspeed, fsdp, gpu"),
+        (["hardware=tpu"], "hardware=tpu is not a config option; choose one of: cpu, cpu_bf16, ddp, deepspeed, fsdp, gpu"),
         (["-m", "seed=1,2", "objective=synthetic,synthtic"], "objective=synthtic is not a config option"),
     ],
 )

@@ -14,6 +14,7 @@ import torch
 
 from meal_pl import distributed, losses
 from meal_pl.pareto import simplex_grid
+from meal_pl.precision import forward_context
 from meal_pl.profiling import section
 from meal_pl.pwn import propose
 from meal_pl.rollout import FrontBatch, Rollout
@@ -27,7 +28,9 @@ class RolloutCallback(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         # A resumed run's RNG streams are restored here, right before the first resumed rollout draws from them.
         pl_module.restore_rng_states()
-        pl_module.rollout = self.rollout(pl_module, list(batch))
+        # Lightning's precision context covers training_step only; the rollout's passes run under it too.
+        with forward_context(pl_module):
+            pl_module.rollout = self.rollout(pl_module, list(batch))
 
     def rollout(self, module: L.LightningModule, prompts: list[str]) -> Rollout:
         raise NotImplementedError

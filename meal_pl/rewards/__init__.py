@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from meal_pl.precision import full_precision
 from meal_pl.rewards.normalizer import RunningRewardNorm
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
@@ -45,7 +46,8 @@ class RewardSet:
             raise ValueError(f"{len(prompts)} prompts but {n} completions")
         columns = []
         for name, fn in self.rewards.items():
-            values = list(fn(list(prompts), list(completions)))
+            with full_precision():  # a bf16 step's autocast would change the reward models' scores
+                values = list(fn(list(prompts), list(completions)))
             if len(values) != n:
                 raise ValueError(f"reward {name!r} returned {len(values)} values for {n} completions")
             columns.append([_as_float(v) for v in values])

@@ -1,0 +1,133 @@
+"""Precision as a hardware choice: float32, bf16-mixed, and frozen weights held in bfloat16.
+
+`trainer.precision` takes Lightning's values plus `auto`: bf16-mixed where the device has bfloat16 matrix units
+(a CPU's AMX-BF16 or AVX512-BF16, a GPU that supports bf16), float32 where it has none (bf16 would be emulated,
+slower than float32). `frozen_weights_dtype=bfloat16` (or `auto`: bfloat16 whenever the run is bf16-mixed) holds
+the weights that never train (pi_ref, LoRA's base) in bfloat16 once, so autocast does not cast them again at every
+call; what trains (LoRA adapters, conditioning, the PWN) and the optimiser state stay float32. The rewards are
+scored outside autocast (`full_precision`), in their own models' dtype.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
+
+FROZEN_DTYPES = ("float32", "bfloat16", "auto")
+
+
+def cpu_bf16_units(cpuinfo: str | None = None) -> str | None:
+    """The CPU's bfloat16 matrix units by name ("AMX-BF16", "AVX512-BF16", "ARM BF16"), or None.
+
+    Read from /proc/cpuinfo's flags (Linux); `cpuinfo` replaces the file's text (tests). None elsewhere.
+    """
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text(errors="replace") if path.is_file() else ""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    if "amx_bf16" in flags:
+        return "AMX-BF16"
+    if "avx512_bf16" in flags:
+        return "AVX512-BF16"
+    if "bf16" in flags and platform.machine().lower() in ("aarch64", "arm64"):
+        return "ARM BF16"
+    return None
+
+
+def bf16_units(accelerator: str) -> str | None:
+    """The bf16 matrix units of the device a run trains on (accelerator: cpu, gpu, cuda, auto)."""
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} bf16" if torch.cuda.is_bf16_supported() else None
+    return cpu_bf16_units()
+
+
+def resolve(precision, frozen: str, accelerator: str) -> tuple[str, str]:
+    """(Lightning precision, frozen weights dtype) with `auto` decided by the device's bf16 units."""
+    precision = str(precision) if precision is not None else "32-true"
+    if frozen not in FROZEN_DTYPES:
+        raise ValueError(f"frozen_weights_dtype={frozen!r}; choose one of {FROZEN_DTYPES}")
+    if precision == "auto":
+        precision = "bf16-mixed" if bf16_units(accelerator) else "32-true"
+    if frozen == "auto":
+        frozen = "bfloat16" if precision == "bf16-mixed" else "float32"
+    if frozen == "bfloat16" and precision != "bf16-mixed":
+        raise ValueError(
+            f"frozen_weights_dtype=bfloat16 needs trainer.precision=bf16-mixed (got {precision!r}): bf16 weights are "
+            "multiplied under bf16 autocast; set trainer.precision=bf16-mixed or frozen_weights_dtype=float32"
+        )
+    return precision, frozen
+
+
+def describe(precision: str, frozen: str, accelerator: str) -> str:
+    """The one line a run prints at start: what precision it uses, and what the device offers."""
+    units = bf16_units(accelerator)
+    device = "GPU" if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()) else "CPU"
+    offer = f"{device} bf16 matrix units: {units}" if units else f"{device} without bf16 matrix units"
+    held = ", frozen weights held in bfloat16" if frozen == "bfloat16" else ""
+    hint = ""
+    if units and precision == "32-true":
+        hint = " (hardware=cpu_bf16 or trainer.precision=bf16-mixed uses them)"
+    elif not units and "bf16" in precision:
+        hint = " (bf16 is emulated here: float32 is faster)"
+    return f"precision: {precision}{held}; {offer}{hint}"
+
+
+class FrozenBF16Precision(MixedPrecision):
+    """Lightning's bf16-mixed, with every parameter that does not train cast to bfloat16 once at set-up.
+
+    Under autocast a bf16 weight is used as it is, where a float32 one is cast anew at every call (Lightning's
+    autocast keeps no cast cache). Parameters that train (requires_grad) keep float32 and their optimiser state too.
+    """
+
+    def __init__(self, device: str = "cpu") -> None:
+        super().__init__("bf16-mixed", device)
+
+    def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        hold_frozen_in_bf16(module)
+        return module
+
+
+def hold_frozen_in_bf16(module: torch.nn.Module) -> int:
+    """Cast the floating-point parameters that do not train to bfloat16 in place; returns how many were cast."""
+    cast = 0
+    for param in module.parameters():
+        if not param.requires_grad and param.is_floating_point() and param.dtype != torch.bfloat16:
+            param.data = param.data.to(torch.bfloat16)
+            cast += 1
+    return cast
+
+
+def precision_plugin(precision: str, frozen: str, accelerator: str) -> FrozenBF16Precision | None:
+    """The plugin for frozen bf16 weights, or None when Lightning's own `precision` flag says it all."""
+    if frozen != "bfloat16":
+        return None
+    device = "cuda" if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()) else "cpu"
+    return FrozenBF16Precision(device)
+
+
+@contextlib.contextmanager
+def full_precision() -> Iterator[None]:
+    """Autocast off (CPU and CUDA): rewards and statistics computed in their own dtype inside a bf16 step."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.autocast("cpu", enabled=False))
+        if torch.cuda.is_available():
+            stack.enter_context(torch.autocast("cuda", enabled=False))
+        yield
+
+
+def forward_context(module) -> contextlib.AbstractContextManager:
+    """The trainer's precision context (autocast under bf16-mixed) for passes outside training_step: the rollout's
+    generation and reference pass, the evaluation's generation. A no-op without a trainer."""
+    trainer = getattr(module, "_trainer", None)
+    if trainer is None:
+        return contextlib.nullcontext()
+    return trainer.precision_plugin.forward_context()
