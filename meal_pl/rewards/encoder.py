@@ -35,9 +35,12 @@ class SentenceEncoder:
     """Unit-norm mean-pooled embeddings of a frozen encoder; weights load on first use."""
 
     def __init__(self, model_path: str | None = None, max_length: int = 128, batch_size: int = 64,
-                 cache_size: int = 4096) -> None:
+                 cache_size: int = 4096, dtype: str = "float32") -> None:
         # Resolve the path now so a missing model fails at config time, but load weights on first use.
         self.model_path = model_path or default_model_path()
+        if dtype not in ENCODER_DTYPES:
+            raise ValueError(f"encoder_dtype={dtype!r}; choose one of {ENCODER_DTYPES}")
+        self.dtype = dtype  # the encoder's weights; the pooled views are float32 either way
         self.max_length, self.batch_size = max_length, batch_size
         self._model = None
         self._tokenizer = None
@@ -48,7 +51,7 @@ class SentenceEncoder:
         from transformers import AutoModel, AutoTokenizer
 
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self._model = AutoModel.from_pretrained(self.model_path).eval().requires_grad_(False)
+        self._model = AutoModel.from_pretrained(self.model_path, dtype=getattr(torch, self.dtype)).eval().requires_grad_(False)
 
     @torch.no_grad()
     def _encode_new(self, texts: list[str]) -> torch.Tensor:
@@ -59,8 +62,9 @@ class SentenceEncoder:
         for i in range(0, len(texts), self.batch_size):
             enc = self._tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True,
                                   max_length=self.max_length, return_tensors="pt")
-            layers = self._model(**enc, output_hidden_states=True).hidden_states  # embeddings + one per layer
-            mask = enc["attention_mask"].unsqueeze(-1).to(layers[-1].dtype)  # (b, t, 1)
+            states = self._model(**enc, output_hidden_states=True).hidden_states  # embeddings + one per layer
+            layers = [h.float() for h in states]  # pooled in float32 whatever the weights' dtype
+            mask = enc["attention_mask"].unsqueeze(-1).float()  # (b, t, 1)
             views = [(layers[k] * mask).sum(1) / mask.sum(1).clamp(min=1.0) for k in _mean_layers(len(layers))]
             views.append(layers[-1].masked_fill(mask == 0, torch.finfo(layers[-1].dtype).min).amax(1))
             chunks.append(F.normalize(torch.stack(views, 1).float(), dim=-1))
@@ -104,13 +108,17 @@ def _mean_layers(num_states: int) -> tuple[int, int, int]:
     return (2, 4, num_states - 1)
 
 
-_SHARED: dict[tuple[str, int], SentenceEncoder] = {}
+# bfloat16: on bf16 matrix units the encoder runs ~2x faster; benchmarks/precision_numerics.py measures how far its
+# scores move from float32's on the shipped data (docs/hardware.md), which is why float32 stays the default.
+ENCODER_DTYPES = ("float32", "bfloat16")
+_SHARED: dict[tuple[str, int, str], SentenceEncoder] = {}
 
 
-def shared_encoder(model_path: str | None = None, max_length: int = 128, batch_size: int = 64) -> SentenceEncoder:
-    """The process-wide encoder for (model_path, max_length): rewards built separately by Hydra share it."""
+def shared_encoder(model_path: str | None = None, max_length: int = 128, batch_size: int = 64,
+                   dtype: str = "float32") -> SentenceEncoder:
+    """The process-wide encoder for (model_path, max_length, dtype): rewards built separately by Hydra share it."""
     path = model_path or default_model_path()
-    key = (path, max_length)
+    key = (path, max_length, dtype)
     if key not in _SHARED:
-        _SHARED[key] = SentenceEncoder(path, max_length, batch_size)
+        _SHARED[key] = SentenceEncoder(path, max_length, batch_size, dtype=dtype)
     return _SHARED[key]

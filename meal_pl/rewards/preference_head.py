@@ -19,12 +19,13 @@ class PreferenceHeadReward:
     """sigmoid((score - mean) / sd): the head's Bradley-Terry score standardised by its training responses' spread,
     in (0, 1), higher = preferred (for the HH harmless pairs: less harmful)."""
 
-    def __init__(self, path: str | None = None, model_path: str | None = None, batch_size: int = 64) -> None:
+    def __init__(self, path: str | None = None, model_path: str | None = None, batch_size: int = 64,
+                 encoder_dtype: str = "float32") -> None:
         self.path = path or default_harm_model_path()
         self.head, config = load_head(self.path)
         self.mean, self.std = float(config["score_mean"]), float(config["score_std"])
         # The encoder the head was trained on, unless a local copy of it is named (objective.rewards.<k>.model_path).
-        self.encoder = shared_encoder(model_path, int(config["max_length"]), batch_size)
+        self.encoder = shared_encoder(model_path, int(config["max_length"]), batch_size, encoder_dtype)
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:

@@ -60,9 +60,9 @@ class RelevanceReward:
     """
 
     def __init__(self, model_path: str | None = None, max_length: int = 128, batch_size: int = 64,
-                 copy_penalty: bool = True, repetition_penalty: bool = True) -> None:
+                 copy_penalty: bool = True, repetition_penalty: bool = True, encoder_dtype: str = "float32") -> None:
         # The encoder resolves its path now (a missing model fails at config time) and loads weights on first use.
-        self.encoder = shared_encoder(model_path, max_length, batch_size)
+        self.encoder = shared_encoder(model_path, max_length, batch_size, encoder_dtype)
         self.copy_penalty, self.repetition_penalty = copy_penalty, repetition_penalty
 
     def embed(self, texts: list[str]) -> torch.Tensor:
