@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -33,20 +34,38 @@ def quick_config(method: str, extra: list[str], output_dir: Path) -> DictConfig:
 
 
 class StepClock(L.Callback):
-    """CPU seconds of each step, start to next start (so Lightning's own work after a batch is counted),
-    with the `meal_pl.profiling` sections taken inside it. Put it first in the callback list."""
+    """CPU and wall seconds of each step, start to next start (so Lightning's own work after a batch is counted),
+    with the `meal_pl.profiling` sections taken inside it. Put it first in the callback list.
 
-    def __init__(self) -> None:
+    Each step: {"total": CPU s, "wall": wall s, <section>: CPU s, "wall:<section>": wall s, "flops:<section>": FLOPs}.
+    From step `count_from` on, the sections' FLOPs are counted too (torch's counter slows those steps).
+    """
+
+    def __init__(self, count_from: int | None = None) -> None:
         self.steps: list[dict[str, float]] = []
         self._start: float | None = None
+        self._wall: float | None = None
         self._parts: dict[str, float] = {}
+        self.count_from = count_from
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        now = time.process_time()
+        now, wall = time.process_time(), time.perf_counter()
         if self._start is not None:
-            self.steps.append({"total": now - self._start, **self._parts})
-        self._start = now
+            self.steps.append({"total": now - self._start, "wall": wall - self._wall, **self._parts})
+        self._start, self._wall = now, wall
+        profiling.count_flops(self.count_from is not None and len(self.steps) >= self.count_from)
         profiling.take()  # nothing between steps belongs to this one
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        self._parts = profiling.take()
+        taken = profiling.take_all()
+        self._parts = {**taken["cpu"], **{f"wall:{k}": v for k, v in taken["wall"].items()},
+                       **{f"flops:{k}": v for k, v in taken["flops"].items()}}
+
+
+def write_report(out: Path, name: str, title: str, lines: list[str], data) -> None:
+    """Print a benchmark's table, write <name>.json (the data) and <name>.md (the title and the table) to `out`."""
+    print("\n".join(lines))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(data, indent=1))
+    (out / f"{name}.md").write_text(f"# {title}\n\n" + "\n".join(lines) + "\n")
+    print(f"wrote {out / f'{name}.json'}, {name}.md")
