@@ -8,14 +8,17 @@ Optional: needs `pip install -e ".[bench]"` (trl).
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from meal_pl import precision
+from meal_pl.models import is_peft
 from meal_pl.sampling import encode_prompts, suppressed_ids
 from meal_pl.train import build
 
@@ -52,8 +55,12 @@ def timed_generate(model) -> dict:
     return stats
 
 
-def run_trl(cfg: DictConfig, warmup_steps: int = 2, reward_weights: list[float] | None = None) -> dict:
-    """Train GRPO for trainer.max_steps steps of B prompts x N samples; its one point, timings and samples."""
+def run_trl(cfg: DictConfig, warmup_steps: int = 2, reward_weights: list[float] | None = None, evaluate: bool = True) -> dict:
+    """Train GRPO for trainer.max_steps steps of B prompts x N samples; its one point, timings and samples.
+
+    A LoRA policy (model.lora.r > 0) trains as GRPO's own peft LoRA with the same settings on the same base; under
+    bf16-mixed GRPO runs in bf16 too, with a LoRA base loaded in bfloat16 when the frozen weights are
+    (frozen_weights_dtype, meal_pl.precision). `evaluate=False` skips the evaluation (a speed measurement)."""
     if not trl_available():
         raise ModuleNotFoundError('trl is not installed: pip install -e ".[bench]" (or pip install trl)')
     from datasets import Dataset
@@ -61,6 +68,8 @@ def run_trl(cfg: DictConfig, warmup_steps: int = 2, reward_weights: list[float] 
     from trl import GRPOConfig, GRPOTrainer
 
     L.seed_everything(cfg.seed, workers=True)
+    chosen, frozen = precision.resolve(cfg.trainer.get("precision"), str(cfg.get("frozen_weights_dtype", "float32")),
+                                       str(cfg.trainer.get("accelerator", "cpu")))
     datamodule, module = build(cfg)  # same policy, tokenizer, rewards and data as the meal-pl runs
     if module.warm_start_steps > 0:
         module.run_warm_start(datamodule.sft_pairs())
@@ -102,15 +111,33 @@ def run_trl(cfg: DictConfig, warmup_steps: int = 2, reward_weights: list[float] 
         logging_steps=1,
         disable_tqdm=True,
         gradient_checkpointing=False,  # TRL turns it on by default; a micro model needs no memory saving
+        bf16=chosen == "bf16-mixed",
     )
-    # GRPO loads its policy and its KL reference from a path: save the warm-started policy and hand it over.
+    # GRPO loads its policy and its KL reference from a path: save the warm-started policy and hand it over. A LoRA
+    # policy goes over as the base model itself, (zero) adapters folded in, and GRPO puts its own LoRA on it.
     init_dir = Path(cfg.paths.output_dir) / "initial_policy"
-    module.policy.save_pretrained(init_dir)
+    lora = cfg.model.get("lora") or {}
+    peft_config, model = None, str(init_dir)
+    if is_peft(module.policy):
+        from peft import LoraConfig
+
+        model = copy.deepcopy(module.policy).merge_and_unload()
+        # A GGUF-loaded base is marked quantised (dequantised to float32 at load): nothing is quantised any more.
+        model.hf_quantizer, model.is_quantized = None, False
+        model.config.quantization_config = None
+        if frozen == "bfloat16":
+            model.to(torch.bfloat16)  # the base frozen in bfloat16, as meal-pl holds it; peft's adapters stay float32
+        targets = lora.target_modules
+        peft_config = LoraConfig(r=int(lora.r), lora_alpha=int(lora.alpha), lora_dropout=float(lora.dropout),
+                                 target_modules=OmegaConf.to_container(targets) if OmegaConf.is_list(targets) else targets,
+                                 task_type="CAUSAL_LM")
+    else:
+        module.policy.save_pretrained(init_dir)
     clock = StepClock()
     funcs = [reward_func(name, fn) for name, fn in module.rewards.rewards.items()]
     trainer = GRPOTrainer(
-        model=str(init_dir), reward_funcs=funcs, args=args, processing_class=tok,
-        train_dataset=Dataset.from_dict({"prompt": prompts}), callbacks=[clock],
+        model=model, reward_funcs=funcs, args=args, processing_class=tok,
+        train_dataset=Dataset.from_dict({"prompt": prompts}), callbacks=[clock], peft_config=peft_config,
     )
     gen_stats = timed_generate(trainer.model)
     start = time.perf_counter()
@@ -118,15 +145,16 @@ def run_trl(cfg: DictConfig, warmup_steps: int = 2, reward_weights: list[float] 
     run_time = time.perf_counter() - start
     # Evaluate GRPO's policy with meal-pl's code. TRL's copy of the model carries no conditioning modules
     # (e.g. conditioning=embedding's map), which untagged generation never uses: only those may be missing.
-    missing, unexpected = module.policy.load_state_dict(trainer.model.state_dict(), strict=False)
-    if unexpected or any("meal_preference" not in k for k in missing):
-        raise RuntimeError(f"TRL's policy does not match meal-pl's: missing {missing}, unexpected {unexpected}")
-
-    point = evaluate_untagged(module, datamodule.eval_prompts(cfg.callbacks.pareto_eval.num_prompts))
+    point = None
+    if evaluate:
+        missing, unexpected = module.policy.load_state_dict(trainer.model.state_dict(), strict=False)
+        if unexpected or any("meal_preference" not in k for k in missing):
+            raise RuntimeError(f"TRL's policy does not match meal-pl's: missing {missing}, unexpected {unexpected}")
+        point = evaluate_untagged(module, datamodule.eval_prompts(cfg.callbacks.pareto_eval.num_prompts)).tolist()
     skip = warmup_steps if len(clock.wall) > warmup_steps else 0
     loss = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {
-        "point": point.tolist(),
+        "point": point,
         "reward_weights": weights,
         "steps": trainer.state.global_step,
         "samples": trainer.state.global_step * B * N,
