@@ -129,3 +129,17 @@ def test_resume_with_rollouts_gathered_for_the_next_meta_step(tmp_path):
     second = tmp_path / "second"
     metrics = _run(second, *gathered, f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
     _assert_resumed_equals(_final(second, metrics), expected)
+
+
+def test_resume_with_frozen_weights_in_bf16_is_exact(tmp_path):
+    """The checkpoint holds pi_ref in bfloat16; a resumed run rebuilds it in float32, loads it (exact) and casts it
+    back at set-up (exact), so it ends where the uninterrupted bf16 run ends."""
+    bf16 = ("trainer.precision=bf16-mixed", "frozen_weights_dtype=bfloat16")
+    full = tmp_path / "full"
+    expected = _final(full, _run(full, *bf16))
+    assert expected["ckpt"]["state_dict"]["ref.model.embed_tokens.weight"].dtype == torch.bfloat16
+    first = tmp_path / "first"
+    _run(first, *bf16, "trainer.max_steps=3")
+    second = tmp_path / "second"
+    metrics = _run(second, *bf16, f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
+    _assert_resumed_equals(_final(second, metrics), expected)
