@@ -75,7 +75,7 @@ def describe(precision: str, frozen: str, accelerator: str) -> str:
     held = ", frozen weights held in bfloat16" if frozen == "bfloat16" else ""
     hint = ""
     if units and precision == "32-true":
-        hint = " (hardware=cpu_bf16 or trainer.precision=bf16-mixed uses them)"
+        hint = " (hardware=cpu_bf16 uses them; faster on SmolLM2, slower on the tiny model: docs/hardware.md)"
     elif not units and "bf16" in precision:
         hint = " (bf16 is emulated here: float32 is faster)"
     return f"precision: {precision}{held}; {offer}{hint}"
