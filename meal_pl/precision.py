@@ -77,7 +77,7 @@ def describe(precision: str, frozen: str, accelerator: str) -> str:
     if units and precision == "32-true":
         hint = " (hardware=cpu_bf16 uses them; faster on SmolLM2, slower on the tiny model: docs/hardware.md)"
     elif not units and "bf16" in precision:
-        hint = " (bf16 is emulated here: float32 is faster)"
+        hint = " (without bf16 units bf16 matmuls are emulated: expect them slower than float32)"
     return f"precision: {precision}{held}; {offer}{hint}"
 
 
