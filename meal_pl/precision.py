@@ -75,7 +75,8 @@ def describe(precision: str, frozen: str, accelerator: str) -> str:
     held = ", frozen weights held in bfloat16" if frozen == "bfloat16" else ""
     hint = ""
     if units and precision == "32-true":
-        hint = " (hardware=cpu_bf16 uses them; faster on SmolLM2, slower on the tiny model: docs/hardware.md)"
+        use = "hardware=cpu_bf16" if device == "CPU" else "trainer.precision=bf16-mixed"
+        hint = f" ({use} uses them; faster on SmolLM2, slower on the tiny model: docs/hardware.md)"
     elif not units and "bf16" in precision:
         hint = " (without bf16 units bf16 matmuls are emulated: expect them slower than float32)"
     return f"precision: {precision}{held}; {offer}{hint}"
