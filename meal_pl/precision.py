@@ -11,6 +11,7 @@ scored outside autocast (`full_precision`), in their own models' dtype.
 from __future__ import annotations
 
 import contextlib
+import functools
 import platform
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,8 +28,7 @@ def cpu_bf16_units(cpuinfo: str | None = None) -> str | None:
     Read from /proc/cpuinfo's flags (Linux); `cpuinfo` replaces the file's text (tests). None elsewhere.
     """
     if cpuinfo is None:
-        path = Path("/proc/cpuinfo")
-        cpuinfo = path.read_text(errors="replace") if path.is_file() else ""
+        cpuinfo = _proc_cpuinfo()
     flags: set[str] = set()
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
@@ -43,9 +43,21 @@ def cpu_bf16_units(cpuinfo: str | None = None) -> str | None:
     return None
 
 
+def on_gpu(accelerator: str) -> bool:
+    """Whether a run with this `trainer.accelerator` trains on a GPU (auto: when one is visible)."""
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+@functools.cache
+def _proc_cpuinfo() -> str:
+    """/proc/cpuinfo's text, read once a process (a run resolves `auto` and prints its line from it)."""
+    path = Path("/proc/cpuinfo")
+    return path.read_text(errors="replace") if path.is_file() else ""
+
+
 def bf16_units(accelerator: str) -> str | None:
     """The bf16 matrix units of the device a run trains on (accelerator: cpu, gpu, cuda, auto)."""
-    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+    if on_gpu(accelerator) and torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} bf16" if torch.cuda.is_bf16_supported() else None
     return cpu_bf16_units()
 
@@ -70,7 +82,7 @@ def resolve(precision, frozen: str, accelerator: str) -> tuple[str, str]:
 def describe(precision: str, frozen: str, accelerator: str) -> str:
     """The one line a run prints at start: what precision it uses, and what the device offers."""
     units = bf16_units(accelerator)
-    device = "GPU" if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()) else "CPU"
+    device = "GPU" if on_gpu(accelerator) else "CPU"
     offer = f"{device} bf16 matrix units: {units}" if units else f"{device} without bf16 matrix units"
     held = ", frozen weights held in bfloat16" if frozen == "bfloat16" else ""
     hint = ""
@@ -111,8 +123,7 @@ def precision_plugin(precision: str, frozen: str, accelerator: str) -> FrozenBF1
     """The plugin for frozen bf16 weights, or None when Lightning's own `precision` flag says it all."""
     if frozen != "bfloat16":
         return None
-    device = "cuda" if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()) else "cpu"
-    return FrozenBF16Precision(device)
+    return FrozenBF16Precision("cuda" if on_gpu(accelerator) else "cpu")
 
 
 @contextlib.contextmanager

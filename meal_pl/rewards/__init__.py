@@ -45,9 +45,9 @@ class RewardSet:
         if len(prompts) != n:
             raise ValueError(f"{len(prompts)} prompts but {n} completions")
         columns = []
-        for name, fn in self.rewards.items():
-            with full_precision():  # a bf16 step's autocast would change the reward models' scores
-                values = list(fn(list(prompts), list(completions)))
+        with full_precision():  # a bf16 step's autocast would change the reward models' scores
+            outputs = {name: list(fn(list(prompts), list(completions))) for name, fn in self.rewards.items()}
+        for name, values in outputs.items():
             if len(values) != n:
                 raise ValueError(f"reward {name!r} returned {len(values)} values for {n} completions")
             columns.append([_as_float(v) for v in values])
