@@ -32,6 +32,7 @@ from meal_pl.checkpoint import (
 )
 from meal_pl.conditioning import TextTagConditioner
 from meal_pl.evaluation import FrontEvaluation
+from meal_pl.inference import contiguous_head_input, token_rows_written_in
 from meal_pl.limits import check_context, check_prompt_lengths
 from meal_pl.meta import MetaConfig
 from meal_pl.models import apply_lora, fold_lora, is_peft
@@ -99,6 +100,9 @@ class MealModule(FrontEvaluation, L.LightningModule):
             self.ref = None
         else:
             self.ref = copy.deepcopy(policy).requires_grad_(False).eval()
+        for model in (self.policy, self.ref):  # bf16 decoding without a copy of the LM head's weight per row
+            if model is not None:
+                contiguous_head_input(model)
         self.pwn = pwn(feature_dim=policy.config.hidden_size, num_objectives=len(self.objective_names))
         # The PWN is replicated and averaged by meal_pl.distributed, never by DDP's reducer.
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, [f"pwn.{n}" for n, _ in self.pwn.named_parameters()])
@@ -350,5 +354,7 @@ class MealModule(FrontEvaluation, L.LightningModule):
         trainer = self._trainer
         synced = trainer is not None and trainer.world_size > 1 and distributed.shards_parameters(trainer.strategy)
         suppress = self.conditioner.token_ids.flatten().tolist()
-        with conditioned(self.conditioner, self.policy, prefix), forward_context(self):
+        # The tag rows written into the embedding once, not rebuilt per token (sharded weights: left to peft).
+        rows = contextlib.nullcontext() if synced else token_rows_written_in(self.policy)
+        with conditioned(self.conditioner, self.policy, prefix), forward_context(self), rows:
             return generate_eval_mode(self.sampler, self.policy, self.tokenizer, prefix, prefix_mask, suppress, greedy, num_samples, synced)
