@@ -1,12 +1,14 @@
 """Samples per second: meal-pl's Meal step against TRL's GRPOTrainer on the same model, rewards, batch and precision.
 
     python benchmarks/trl_speed.py                          # SmolLM2-135M + LoRA (experiment=smollm2_lora), its precision
-    python benchmarks/trl_speed.py --steps 3 --skip 1 --set trainer.precision=32-true --set frozen_weights_dtype=float32
+    python benchmarks/trl_speed.py --set trainer.precision=32-true --set frozen_weights_dtype=float32
 
 Both train from experiment=smollm2_lora's config (any --set override applies to both): B prompts x N samples a step,
 the same sampling settings and token limits, the same rewards; GRPO with its own peft LoRA of the same rank on the
 same base, in bf16 where the run is bf16-mixed (its LoRA base loaded in bfloat16 when the frozen weights are).
-Meal: the steps after the first `--skip`, wall seconds start to next start (benchmarks/step_profile.py's clock);
+Meal: the steps after the first `--skip`, wall seconds start to next start (benchmarks/step_profile.py's clock); its
+meta step runs every `algorithm.meta.every_n_steps` (8) steps and costs several ordinary ones, so `--steps` must cover
+a multiple of 8 for the figure to include it at its share (the default 8 with `--skip 1` holds step 8 once);
 TRL: its steps after the first `--skip` (TrainerCallback step begin to end). Samples per wall second = B x N over
 the mean step. Needs trl (`pip install -e ".[bench]"`). Prints the table, writes trl_speed.json and .md to --out.
 """
@@ -30,7 +32,8 @@ from meal_pl.runs import CONF_DIR
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4, help="measured steps of each")
+    parser.add_argument("--steps", type=int, default=8,
+                        help="measured steps of each (8: Meal's meta step, every 8 steps, is among them once)")
     parser.add_argument("--skip", type=int, default=1, help="first steps left out of each")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a train override for both")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "trl_speed")
