@@ -39,6 +39,8 @@ def token_rows_written_in(model: nn.Module) -> Iterator[None]:
 
     For inference only (no gradient reaches the rows' parameters). The original rows are put back on exit, so
     pi_ref (the base with adapters disabled) is unchanged; a tied head shares the table and restores in order.
+    Not peft's own merge/unmerge: unmerge writes back the rows peft saved when it wrapped the model, which
+    `models.fold_lora` has replaced since (after a warm start the base holds the warmed-up rows).
     """
     layers = trainable_token_layers(model)
     saved = []  # (weight, index, rows before the write), restored last-first

@@ -100,7 +100,7 @@ class MealModule(FrontEvaluation, L.LightningModule):
             self.ref = None
         else:
             self.ref = copy.deepcopy(policy).requires_grad_(False).eval()
-        for model in (self.policy, self.ref):  # bf16 decoding without a copy of the LM head's weight per row
+        for model in (self.policy, self.ref):  # bf16 passes with logits_to_keep: no copy of the head's weight per row
             if model is not None:
                 contiguous_head_input(model)
         self.pwn = pwn(feature_dim=policy.config.hidden_size, num_objectives=len(self.objective_names))
