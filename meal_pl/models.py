@@ -21,6 +21,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from meal_pl.precision import adapters_follow_autocast
+
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 
 
@@ -156,7 +158,9 @@ def apply_lora(
         task_type="CAUSAL_LM",
         trainable_token_indices=list(trainable_token_ids),
     )
-    return get_peft_model(policy, config)
+    policy = get_peft_model(policy, config)
+    adapters_follow_autocast(policy)
+    return policy
 
 
 def is_peft(policy: torch.nn.Module) -> bool:

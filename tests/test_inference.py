@@ -1,4 +1,5 @@
-"""meal_pl/inference.py: writing the tag rows in changes no token and leaves the policy as it was; the head input hook."""
+"""meal_pl/inference.py: writing the tag rows in changes no token and leaves the policy as it was; the head input hook;
+adapters without the float32 round trip under autocast (meal_pl/precision.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from test_decode import CORPUS, conditioner
 from meal_pl.decode import decode
 from meal_pl.inference import contiguous_head_input, token_rows_written_in, trainable_token_layers
 from meal_pl.models import apply_lora, tiny_llama
+from meal_pl.precision import CastOutsideAutocast, hold_frozen_in_bf16
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -92,3 +94,49 @@ def test_head_input_made_contiguous_in_bf16_only():
     assert seen == [False, True]  # float32 keeps its (there faster) batched product; bf16 gets one product
     assert torch.equal(float32, torch.nn.functional.linear(strided, head.weight))
     torch.testing.assert_close(bf16.float(), float32, atol=0.05, rtol=0.02)
+
+
+def _loss_and_grads(model, ids):
+    """Under bf16 autocast with the frozen weights in bfloat16: the logits' sum and every adapter's gradient."""
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(ids).logits
+    logits.float().sum().backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_adapters_skip_the_float32_round_trip_under_autocast_with_the_same_values_and_gradients():
+    model, _, ids = lora_policy()
+    hold_frozen_in_bf16(model)
+    model.train()
+    layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+    assert layers and all(isinstance(m.cast_input_dtype_enabled, CastOutsideAutocast) for m in layers)  # apply_lora set it
+    casts = []
+    original_to = torch.Tensor.to
+
+    def counting_to(self, *args, **kwargs):
+        out = original_to(self, *args, **kwargs)
+        casts.append(out.dtype) if out.dtype != self.dtype else None
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.Tensor, "to", counting_to)
+        logits, grads = _loss_and_grads(model, ids)
+        skipped = len(casts)
+        for layer in layers:  # peft's own behaviour: cast the input to the adapters' float32 first
+            layer.cast_input_dtype_enabled = True
+        casts.clear()
+        peft_logits, peft_grads = _loss_and_grads(model, ids)
+    assert skipped < len(casts)  # the round trip is gone
+    assert torch.equal(logits, peft_logits)
+    assert grads.keys() == peft_grads.keys() and all(torch.equal(grads[n], peft_grads[n]) for n in grads)
+    assert all(g.dtype == torch.float32 for g in grads.values())  # the adapters and their gradients stay float32
+
+
+def test_outside_autocast_adapters_cast_their_input_as_peft_does():
+    model, _, ids = lora_policy()
+    layer = next(m for m in model.modules() if hasattr(m, "lora_A") and len(m.lora_A))
+    x = torch.randn(2, 3, layer.in_features, dtype=torch.bfloat16)
+    assert layer.cast_input_dtype_enabled and layer._cast_input_dtype(x, torch.float32).dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not layer.cast_input_dtype_enabled and layer._cast_input_dtype(x, torch.float32) is x
