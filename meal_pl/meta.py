@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import PreTrainedModel
 
 from meal_pl import distributed, losses
@@ -140,7 +141,10 @@ def meta_gradient(policy: PreTrainedModel, inner: dict[str, Tensor], meta_loss: 
         g_out = torch.autograd.grad(l_out0, list(params.values()))
     g_out = distributed.all_reduce_mean(list(g_out))
     tangent = dict(zip(names, g_out, strict=True))
-    _, align = torch.func.jvp(per_sample, (detached,), (tangent,))
+    # sdpa's fused kernels (flash, memory-efficient; CPU and CUDA) have no forward-mode derivative; its math backend
+    # (matmul + softmax) has one. Eager attention is not affected.
+    with sdpa_kernel(SDPBackend.MATH):
+        _, align = torch.func.jvp(per_sample, (detached,), (tangent,))
     grad = torch.zeros(B * N, dtype=align.dtype, device=align.device).index_copy(0, idx, -inner_lr * align / B)
     return grad.view(B, N).detach(), l_out0.detach()
 
