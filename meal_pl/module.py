@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
+import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -45,6 +47,8 @@ from meal_pl.sampling import RejectionSampler, generate_eval_mode, position_ids
 from meal_pl.sequences import conditioned, sequence_logprobs
 from meal_pl.sft import warm_start_length, warm_start_module
 from meal_pl.step_metrics import publish, step_metrics
+
+_log = logging.getLogger("meal_pl")
 
 __all__ = ["MealModule", "MetaConfig"]
 PROMPT_OVERFLOW = ("truncate", "error")
@@ -204,7 +208,15 @@ class MealModule(FrontEvaluation, L.LightningModule):
             check_prompt_lengths(self.tokenizer, prompts, self.max_prompt_length, self.prompt_overflow, context)
         if self.restored or self.warm_start_steps <= 0:
             return
-        history = self.run_warm_start(datamodule.sft_pairs(), seed=self.trainer.current_epoch)
+        pairs = datamodule.sft_pairs()
+        # Minutes on a real model, before the first step's progress: say what runs, then what it did.
+        if self.trainer.is_global_zero:
+            _log.info(f"warm start: {self.warm_start_steps} SFT steps on {len(pairs)} answers of the data under the tags "
+                      "of the trade-off each achieves (algorithm.warm_start_steps)")
+        start = time.perf_counter()
+        history = self.run_warm_start(pairs, seed=self.trainer.current_epoch)
+        if history and self.trainer.is_global_zero:
+            _log.info(f"warm start done in {time.perf_counter() - start:.0f} s: loss {history[0]:.3f} -> {history[-1]:.3f}")
         if history and self.logger is not None:
             self.logger.log_metrics({"warm_start/first_loss": history[0], "warm_start/last_loss": history[-1]}, step=0)
 

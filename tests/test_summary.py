@@ -65,3 +65,18 @@ def test_config_summary_logs_the_warm_start_the_run_uses():
     assert "warm_start_steps=1200" in config_summary(cfg, {}, None)[-1]
     cfg.objective = {}
     assert "warm_start_steps=300" in config_summary(cfg, {}, None)[-1]
+
+
+def test_the_warm_start_says_what_it_runs_and_what_it_did(tiny_cfg, caplog):
+    import logging
+
+    from meal_pl.train import build_run
+
+    datamodule, module, trainer = build_run(tiny_cfg("objective=synthetic", "logger=none", "trainer.max_steps=1"))
+    with caplog.at_level(logging.INFO, logger="meal_pl"):
+        trainer.fit(module, datamodule=datamodule)
+    lines = [r.getMessage() for r in caplog.records if r.name == "meal_pl" and r.getMessage().startswith("warm start")]
+    assert len(lines) == 2, lines
+    pairs = len(datamodule.sft_pairs())
+    assert lines[0].startswith(f"warm start: 5 SFT steps on {pairs} answers") and "algorithm.warm_start_steps" in lines[0]
+    assert lines[1].startswith("warm start done in ") and " -> " in lines[1]
