@@ -123,8 +123,8 @@ class CastOutsideAutocast:
     """peft's per-layer `cast_input_dtype_enabled` flag, true only outside autocast.
 
     A LoRA layer casts its input to its adapters' dtype (float32) before the adapters' products, and autocast casts it
-    straight back to bfloat16 for them: two copies of the layer's whole input per LoRA layer and pass, which were a
-    quarter of a SmolLM2 meta step's CPU time. bf16 -> float32 -> bf16 is exact, so skipping both under autocast gives
+    straight back to bfloat16 for them: two copies of the layer's whole input per LoRA layer and pass, an eighth of a
+    SmolLM2 meta step's CPU time. bf16 -> float32 -> bf16 is exact, so skipping both under autocast gives
     the same values and gradients; outside autocast (a float32 run, a bf16 input to float32 adapters) peft casts as
     it always does.
     """

@@ -116,7 +116,8 @@ def test_adapters_skip_the_float32_round_trip_under_autocast_with_the_same_value
 
     def counting_to(self, *args, **kwargs):
         out = original_to(self, *args, **kwargs)
-        casts.append(out.dtype) if out.dtype != self.dtype else None
+        if out.dtype != self.dtype:
+            casts.append(out.dtype)
         return out
 
     with pytest.MonkeyPatch.context() as mp:
