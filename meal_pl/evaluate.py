@@ -12,6 +12,7 @@ import torch
 
 import meal_pl  # noqa: F401  (offline default before transformers is imported)
 from meal_pl.callbacks.pareto_eval import _choice_points, _ratio, _write_json_atomic
+from meal_pl.callbacks.summary import steerability_text
 from meal_pl.pareto import front_report, hypervolume_gain, per_group_summary, plot_front, simplex_grid
 from meal_pl.restore import find_checkpoint, load_run, parse_args, run_cli
 
@@ -35,7 +36,7 @@ def evaluate(module, prompts: list[str], num_points: int, groups: list[str | Non
         per_prompt = module.evaluate_front_per_prompt(prompts, weights.to(module.device)).float().cpu()  # (M,P,K)
         pwn_weights, pwn_rewards = module.evaluate_pwn_choice_per_prompt(prompts)  # (P,K) each
     rewards = per_prompt.nanmean(1)
-    report = front_report(weights, rewards, names, module.reference_point)
+    report = front_report(weights, rewards, names, module.reference_point, per_prompt)
     choice = pwn_rewards.nanmean(0)
     report |= {
         "objective_names": list(names),
@@ -68,7 +69,8 @@ def main(argv: list[str]) -> None:
     plot_front(weights, rewards, module.objective_names, module.reference_point, out / "pareto.png", extra)
     ratio = f" ({report['hypervolume_ratio']:.3f} of the analytic maximum)" if report["hypervolume_ratio"] else ""
     print(f"hypervolume {report['hypervolume']:.4f}{ratio} on {len(prompts)} prompts; the PWN's own choice adds "
-          f"{report['pwn_choice']['hypervolume_gain']:.4f}; wrote {out / 'pareto.json'} and pareto.png")
+          f"{report['pwn_choice']['hypervolume_gain']:.4f}; steerability {steerability_text(report)}; "
+          f"wrote {out / 'pareto.json'} and pareto.png")
 
 
 if __name__ == "__main__":

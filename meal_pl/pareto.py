@@ -13,7 +13,7 @@ import torch
 import torchmetrics
 from matplotlib.figure import Figure
 from pymoo.indicators.hv import HV
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 from torch import Tensor
 
 
@@ -143,6 +143,38 @@ def steerability(weights: Tensor, rewards: Tensor) -> Tensor:
     return torch.tensor(corr)
 
 
+def _rank_correlations(weights: np.ndarray, rewards: np.ndarray) -> np.ndarray:
+    """Spearman correlation of weights (M,K) with each of rewards (B,M,K) along M: (B,K), 0 for a constant column
+    (as `steerability`). Average ranks for ties, like scipy's spearmanr, in one array pass over the B fronts."""
+    rw = rankdata(weights, axis=0)[None] - (len(weights) + 1) / 2  # (1,M,K): the mean rank is (M+1)/2
+    rr = rankdata(rewards, axis=1)
+    rr = rr - rr.mean(1, keepdims=True)
+    denom = np.sqrt((rw**2).sum(1) * (rr**2).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = (rw * rr).sum(1) / denom
+    return np.where(np.isfinite(corr) & (denom > 0), corr, 0.0)
+
+
+def steerability_interval(weights: Tensor, per_prompt: Tensor, level: float = 0.9, resamples: int = 1000,
+                          seed: int = 0) -> Tensor:
+    """(K, 2) percentile-bootstrap interval of `steerability` over the evaluation's prompts.
+
+    per_prompt (M,P,K): each prompt's reward under each of the M preferences (NaN where one is missing). The P
+    prompts are drawn with replacement `resamples` times and the rank correlation of each redrawn mean front taken.
+    A front of few prompts, one sampled answer each, moves with which prompts it holds: an interval that holds 0
+    says the evaluation cannot tell the policy's steering from that noise (more prompts narrow it).
+    """
+    w = weights.detach().cpu().double().numpy()
+    r = per_prompt.detach().cpu().double().numpy()
+    idx = np.random.default_rng(seed).integers(0, r.shape[1], size=(resamples, r.shape[1]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a redraw of only NaN prompts: its correlation is 0
+        fronts = np.nanmean(r[:, idx], axis=2).transpose(1, 0, 2)  # (B,M,K)
+    corr = _rank_correlations(w, np.nan_to_num(fronts, nan=0.0))
+    tail = (1 - level) / 2
+    return torch.from_numpy(np.quantile(corr, [tail, 1 - tail], axis=0).T.copy()).float()
+
+
 def is_steerable(corr: Tensor, threshold: float = 0.1) -> bool:
     """True when every objective's rank correlation exceeds `threshold` (one dead objective fails it)."""
     return bool((corr > threshold).all())
@@ -221,12 +253,14 @@ def plot_front(
     return fig
 
 
-def front_report(weights: Tensor, rewards: Tensor, names: list[str], reference_point: list[float]) -> dict:
-    """JSON-serialisable summary of one evaluated front: points, hypervolume and front quality."""
+def front_report(weights: Tensor, rewards: Tensor, names: list[str], reference_point: list[float],
+                 per_prompt: Tensor | None = None) -> dict:
+    """JSON-serialisable summary of one evaluated front: points, hypervolume and front quality; with the (M,P,K)
+    rewards per prompt, also steerability's 90% bootstrap interval over the prompts."""
     w, r = weights.detach().cpu().float(), rewards.detach().cpu().float()
     mask = non_dominated_mask(r)
     corr = steerability(w, r)
-    return {
+    report = {
         "points": [
             # Preferences are lattice points: rounding only strips float32 noise (0.10000000149 -> 0.1).
             {"preference": [round(x, 6) for x in wi], "rewards": ri, "non_dominated": bool(m)}
@@ -240,6 +274,9 @@ def front_report(weights: Tensor, rewards: Tensor, names: list[str], reference_p
         "steerability": dict(zip(names, corr.tolist(), strict=True)),
         "steerable": is_steerable(corr),
     }
+    if per_prompt is not None:
+        report["steerability_interval"] = dict(zip(names, steerability_interval(w, per_prompt).tolist(), strict=True))
+    return report
 
 
 def hypervolume_gain(front: Tensor, point: Tensor, reference_point: list[float]) -> float:

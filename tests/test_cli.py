@@ -40,7 +40,9 @@ def test_evaluate_reproduces_the_training_front(run_dir, tmp_path, capsys):
     # Same prompts, same grid, same evaluation seed, weights restored exactly: the same front.
     assert again["hypervolume"] == pytest.approx(trained["hypervolume"])
     assert again["pwn_choice"]["weights"] == pytest.approx(trained["pwn_choice"]["weights"])
-    assert (tmp_path / "pareto.png").stat().st_size > 1000 and "hypervolume" in capsys.readouterr().out
+    assert again["steerability_interval"] == trained["steerability_interval"]  # the same rewards, the same redraws
+    out = capsys.readouterr().out
+    assert (tmp_path / "pareto.png").stat().st_size > 1000 and "hypervolume" in out and "90% interval" in out
 
 
 def test_generate_under_a_given_and_the_pwn_preference(run_dir, capsys):

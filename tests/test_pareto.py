@@ -20,6 +20,7 @@ from meal_pl.pareto import (
     spacing,
     sparsity,
     steerability,
+    steerability_interval,
 )
 
 
@@ -121,6 +122,28 @@ def test_steerability():
     assert not is_steerable(half)  # one dead objective is enough to fail
 
 
+def test_steerability_interval_is_the_spread_over_redrawn_prompts():
+    from meal_pl.pareto import _rank_correlations
+
+    torch.manual_seed(0)
+    w = simplex_grid(3, 21)  # tied weights within each column: average ranks, as spearmanr
+    fronts = torch.rand(5, 21, 3)
+    fronts[0, :, 1] = 0.5  # a constant column scores 0, as steerability
+    vectorised = torch.from_numpy(_rank_correlations(w.double().numpy(), fronts.double().numpy())).float()
+    torch.testing.assert_close(vectorised, torch.stack([steerability(w, f) for f in fronts]))
+
+    w = simplex_grid(2, 11)
+    steered = w[:, None, :] + 0.01 * torch.randn(11, 40, 2)  # (M,P,K): every prompt follows w
+    noise = torch.rand(11, 40, 2)  # no prompt does
+    tight, wide = steerability_interval(w, steered), steerability_interval(w, noise)
+    assert tight.shape == (2, 2) and (tight[:, 0] > 0.9).all()
+    assert (wide[:, 0] < 0).all() and (wide[:, 1] > 0).all()  # holds 0: noise is not steering
+    assert (tight[:, 0] <= tight[:, 1]).all() and (wide[:, 0] <= wide[:, 1]).all()
+    torch.testing.assert_close(steerability_interval(w, noise), wide)  # a fixed seed: the same interval
+    steered[3, :5, 0] = float("nan")  # a missing reward is left out of its mean, not propagated
+    assert torch.isfinite(steerability_interval(w, steered)).all()
+
+
 @pytest.mark.parametrize("k", [2, 3])
 def test_plot_front_writes_png(tmp_path, k):
     w = simplex_grid(k, 21)
@@ -149,6 +172,9 @@ def test_front_report_is_json():
         "steerability",
         "steerable",
     }
+    per_prompt = w[:, None, :].expand(11, 4, 2)  # (M,P,K): the interval appears only when rewards per prompt are given
+    assert front_report(w, w, ["a", "b"], [0.0, 0.0], per_prompt)["steerability_interval"] == {
+        "a": pytest.approx([1.0, 1.0]), "b": pytest.approx([1.0, 1.0])}
 
 
 def test_per_group_summary_hand_values():

@@ -153,6 +153,8 @@ def test_pareto_callback_reports_per_group(tmp_path):
     _, callback = _fit(tmp_path, module)
     report = json.loads((tmp_path / "pareto.json").read_text())
     assert report["hypervolume"] == pytest.approx(0.45 * 0.75**2)  # the front is the mean over all prompts
+    # every prompt follows w, so any redraw of the prompts steers perfectly: the interval is [1, 1]
+    assert report["steerability_interval"] == {"helpful": pytest.approx([1.0, 1.0]), "harmless": pytest.approx([1.0, 1.0])}
     groups = report["groups"]
     assert set(groups) == {"a", "b"} and groups["a"]["num_prompts"] == 2
     assert groups["a"]["pwn_weights"] == pytest.approx([0.8, 0.2]) and groups["b"]["pwn_weights"] == pytest.approx([0.3, 0.7])
@@ -167,11 +169,13 @@ def test_pareto_callback_reports_per_group(tmp_path):
     assert [e.step for e in events.Histograms("pwn/weights_helpful/a")] == [0, 2, 4]
     assert events.Histograms("pwn/weights_helpful/b")[0].histogram_value.sum == pytest.approx(0.6)  # 2 prompts x 0.3
     assert events.Scalars("pareto/hypervolume/b")[-1].value == pytest.approx(0.45 / 4)
+    assert events.Scalars("pareto/steerability_harmless_low")[-1].value == pytest.approx(1.0)
 
 
 def test_pareto_callback_without_groups_reports_none(tmp_path):
     _fit(tmp_path, FakeModule())
-    assert json.loads((tmp_path / "pareto.json").read_text())["groups"] == {}
+    report = json.loads((tmp_path / "pareto.json").read_text())
+    assert report["groups"] == {} and "steerability_interval" not in report  # no rewards per prompt: no interval
 
 
 @pytest.mark.parametrize("learnable", [True, False])

@@ -19,6 +19,14 @@ def test_summary_keeps_long_paths_whole_and_shows_the_pwn_only_for_meal(tmp_path
     assert any("0.1000 (initial) -> 0.2000 (final)" in line for line in ric)
 
 
+def test_summary_shows_the_steerability_interval_when_the_report_has_one():
+    plain = summary_lines(120, 1.0, REPORT, "/tmp/run", pwn=False)
+    assert any(line.split()[0] == "steerability" and line.endswith("a=0.50, b=0.25") for line in plain)
+    both = summary_lines(120, 1.0, REPORT | {"steerability_interval": {"a": [-0.1, 0.9], "b": [0.05, 0.4]}},
+                         "/tmp/run", pwn=False)
+    assert any("a=0.50 [-0.10, +0.90], b=0.25 [+0.05, +0.40] (90% interval" in line for line in both)
+
+
 def test_summary_warns_when_the_policy_repeats_itself():
     fine = summary_lines(120, 1.0, REPORT, "/tmp/run", pwn=False, distinct_tokens=0.83)
     stuck = summary_lines(120, 1.0, REPORT, "/tmp/run", pwn=False, distinct_tokens=0.06)

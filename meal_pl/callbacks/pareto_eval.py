@@ -84,7 +84,7 @@ class ParetoEvalCallback(pl.Callback):
         else:
             rewards = _eval_mode(pl_module, pl_module.evaluate_front, self._prompts, weights.to(pl_module.device))
         rewards = rewards.detach().float().cpu()
-        report = front_report(weights, rewards, pl_module.objective_names, pl_module.reference_point)
+        report = front_report(weights, rewards, pl_module.objective_names, pl_module.reference_point, self._per_prompt)
         self._last = (step, weights, rewards, report)
         return weights, rewards, report
 
@@ -136,6 +136,8 @@ class ParetoEvalCallback(pl.Callback):
             for key in ("hypervolume", "spacing", "sparsity", "mean_inner_product")
         }
         metrics |= {f"pareto/steerability_{name}": corr for name, corr in report["steerability"].items()}
+        for name, (low, high) in report.get("steerability_interval", {}).items():
+            metrics |= {f"pareto/steerability_{name}_low": low, f"pareto/steerability_{name}_high": high}
         groups, pwn = self._group_summary(pl_module, choice)
         metrics |= {f"pareto/hypervolume/{g}": s["hypervolume"] for g, s in groups.items() if s["hypervolume"] is not None}
         if choice is not None:

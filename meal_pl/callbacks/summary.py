@@ -31,9 +31,8 @@ def summary_lines(steps: int, wall_s: float, report: dict | None, outputs: str, 
         rows.append(("hypervolume", f"{report['initial_hypervolume']:.4f} (initial) -> {report['hypervolume']:.4f} (final)"))
         if report.get("hypervolume_ratio") is not None:
             rows.append(("hypervolume / analytic max", f"{report['hypervolume_ratio']:.3f}"))
-        steer = report.get("steerability") or {}
-        if steer:
-            rows.append(("steerability", ", ".join(f"{k}={v:.2f}" for k, v in steer.items())))
+        if report.get("steerability"):
+            rows.append(("steerability", steerability_text(report)))
         choice = report.get("pwn_choice")
         if pwn and choice:
             names = report.get("objective_names") or [str(i) for i in range(len(choice["weights"]))]
@@ -46,6 +45,14 @@ def summary_lines(steps: int, wall_s: float, report: dict | None, outputs: str, 
     if report and report.get("groups"):
         lines += group_lines(report["groups"], report.get("objective_names") or [], pwn)
     return lines + [f"  {'outputs':<{width}}  {Path(outputs).resolve()}"]  # last: a piped reader finds it there
+
+
+def steerability_text(report: dict) -> str:
+    """'a=0.50 [-0.10, +0.90], b=...' : each objective's steerability, with its interval where the report has one."""
+    interval = report.get("steerability_interval") or {}
+    shown = [f"{k}={v:.2f}" + (f" [{interval[k][0]:+.2f}, {interval[k][1]:+.2f}]" if k in interval else "")
+             for k, v in report["steerability"].items()]
+    return ", ".join(shown) + (" (90% interval over the evaluation's prompts)" if interval else "")
 
 
 def group_lines(groups: dict[str, dict], names: list[str], pwn: bool) -> list[str]:
