@@ -14,6 +14,7 @@ import meal_pl  # noqa: F401  (offline default before transformers is imported)
 from meal_pl.callbacks.pareto_eval import _choice_points, _ratio, _write_json_atomic
 from meal_pl.callbacks.summary import steerability_text
 from meal_pl.pareto import front_report, hypervolume_gain, per_group_summary, plot_front, simplex_grid
+from meal_pl.precision import use_run_precision
 from meal_pl.restore import find_checkpoint, load_run, parse_args, run_cli
 
 
@@ -57,11 +58,12 @@ def main(argv: list[str]) -> None:
         raise ValueError(f"num_prompts={args.num_prompts} must be >= 1 and num_points={args.num_points} >= 2")
     ckpt, run = find_checkpoint(args.ckpt_path)
     out = Path(args.out) if args.out else run / "evaluate" / ckpt.stem
-    module, datamodule, _ = load_run(args.ckpt_path, args.device)
+    module, datamodule, cfg = load_run(args.ckpt_path, args.device)
+    precision = use_run_precision(module, cfg, module.device)  # the run's own evaluation: bf16 where it trained so
     prompts = datamodule.eval_prompts(args.num_prompts)
     weights, rewards, report = evaluate(module, prompts, args.num_points or module.grid_points,
                                         datamodule.eval_groups(args.num_prompts))
-    report["ckpt_path"] = str(ckpt)
+    report |= {"ckpt_path": str(ckpt), "precision": precision}
     out.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(out / "pareto.json", report)
     choice = {"rewards": torch.tensor(report["pwn_choice"]["rewards"])}

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 import meal_pl  # noqa: F401  (offline default before transformers is imported)
 from meal_pl.conditioning import check_preference
 from meal_pl.data import _as_prompt
+from meal_pl.precision import use_run_precision
 from meal_pl.restore import find_checkpoint, load_run, parse_args, run_cli
 from meal_pl.sampling import encode_prompts
 
@@ -57,7 +58,8 @@ def main(argv: list[str]) -> None:
     _, run = find_checkpoint(args.ckpt_path)
     names = list(OmegaConf.load(run / ".hydra" / "config.yaml").objective.rewards)
     preference = read_preference(args.preference, names)  # checked before the slow model load
-    module, _, _ = load_run(args.ckpt_path, args.device)
+    module, _, cfg = load_run(args.ckpt_path, args.device)
+    use_run_precision(module, cfg, module.device)  # the run's own answers: bf16 where it trained in bf16
     if args.max_new_tokens is not None:
         module.sampler.max_new_tokens = args.max_new_tokens
         module.sampler.min_new_tokens = min(module.sampler.min_new_tokens, args.max_new_tokens)

@@ -9,6 +9,7 @@ from conftest import TINY, compose_train
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from meal_pl import evaluate, export, generate
+from meal_pl.precision import forward_context, use_run_precision
 from meal_pl.pwn import PreferenceWeightNet
 from meal_pl.restore import load_run, run_cli
 from meal_pl.train import train
@@ -43,6 +44,30 @@ def test_evaluate_reproduces_the_training_front(run_dir, tmp_path, capsys):
     assert again["steerability_interval"] == trained["steerability_interval"]  # the same rewards, the same redraws
     out = capsys.readouterr().out
     assert (tmp_path / "pareto.png").stat().st_size > 1000 and "hypervolume" in out and "90% interval" in out
+
+
+def test_evaluate_answers_in_the_precision_the_run_trained_in(tmp_path_factory, tmp_path, capsys):
+    """A bf16 run's checkpoint evaluated in float32 gives another front than the run's own; evaluate takes the run's."""
+    run = tmp_path_factory.mktemp("bf16_run")
+    overrides = TINY + ["objective=synthetic", "conditioning=tags", "model.lora.r=4", "logger=none", "trainer.max_steps=2",
+                        "callbacks.pareto_eval.every_n_steps=100", "trainer.precision=bf16-mixed",
+                        "frozen_weights_dtype=bfloat16"]
+    train(compose_train(overrides, run))
+    evaluate.main([f"ckpt_path={run}", "num_prompts=4", f"out={tmp_path}"])
+    trained, again = (json.loads(p.read_text()) for p in (run / "pareto.json", tmp_path / "pareto.json"))
+    assert again["precision"].startswith("precision: bf16-mixed, frozen weights held in bfloat16")
+    torch.testing.assert_close(torch.tensor([p["rewards"] for p in again["points"]]),
+                               torch.tensor([p["rewards"] for p in trained["points"]]))
+    module, _, cfg = load_run(str(run))  # what export reads: float32, untouched by evaluate's precision
+    assert getattr(module, "inference_autocast", None) is None
+    assert all(p.dtype == torch.float32 for p in module.parameters())
+    with forward_context(module):
+        assert not torch.is_autocast_enabled("cpu")
+    use_run_precision(module, cfg, module.device)  # what evaluate and generate do: the run's bf16, as its trainer had
+    assert {p.dtype for p in module.parameters() if not p.requires_grad} == {torch.bfloat16}
+    assert {p.dtype for p in module.parameters() if p.requires_grad} == {torch.float32}
+    with forward_context(module):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
 def test_generate_under_a_given_and_the_pwn_preference(run_dir, capsys):
