@@ -166,10 +166,16 @@ def steerability_interval(weights: Tensor, per_prompt: Tensor, level: float = 0.
     """
     w = weights.detach().cpu().double().numpy()
     r = per_prompt.detach().cpu().double().numpy()
-    idx = np.random.default_rng(seed).integers(0, r.shape[1], size=(resamples, r.shape[1]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a redraw of only NaN prompts: its correlation is 0
-        fronts = np.nanmean(r[:, idx], axis=2).transpose(1, 0, 2)  # (B,M,K)
+    M, P, K = r.shape
+    idx = np.random.default_rng(seed).integers(0, P, size=(resamples, P))
+    counts = np.zeros((resamples, P))
+    np.add.at(counts, (np.arange(resamples)[:, None], idx), 1.0)  # how often each redraw holds each prompt
+    valid = ~np.isnan(r)
+    # Each redrawn front as weighted means, (B,P) @ (P,M*K): memory in B*M*K, not B*M*P*K.
+    total = counts @ np.where(valid, r, 0.0).transpose(1, 0, 2).reshape(P, M * K)
+    present = counts @ valid.transpose(1, 0, 2).reshape(P, M * K).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fronts = (total / present).reshape(resamples, M, K)  # NaN where a redraw holds none of a point's rewards
     corr = _rank_correlations(w, np.nan_to_num(fronts, nan=0.0))
     tail = (1 - level) / 2
     return torch.from_numpy(np.quantile(corr, [tail, 1 - tail], axis=0).T.copy()).float()
