@@ -33,6 +33,7 @@ from meal_pl.checkpoint import (
     tokenizer_fingerprint,
 )
 from meal_pl.conditioning import TextTagConditioner
+from meal_pl.conditioning.base import preference_parameters
 from meal_pl.evaluation import FrontEvaluation
 from meal_pl.inference import contiguous_head_input, token_rows_written_in
 from meal_pl.limits import check_context, check_prompt_lengths
@@ -77,6 +78,7 @@ class MealModule(FrontEvaluation, L.LightningModule):
         warm_start_lr: float = 1e-3, warm_start_batch_size: int = 16, eval_batch_size: int = 128,
         eval_greedy: bool = False, eval_seed: int = 1234, histogram_every_n_steps: int = 10,
         accumulate_grad_batches: int = 1, lora: dict[str, Any] | None = None, neutral_tags: bool = False,
+        tag_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -104,6 +106,7 @@ class MealModule(FrontEvaluation, L.LightningModule):
             self.ref = None
         else:
             self.ref = copy.deepcopy(policy).requires_grad_(False).eval()
+        self.tag_lr_scale = checked_tag_lr_scale(tag_lr_scale, self.policy)
         for model in (self.policy, self.ref):  # bf16 passes with logits_to_keep: no copy of the head's weight per row
             if model is not None:
                 contiguous_head_input(model)
@@ -148,12 +151,14 @@ class MealModule(FrontEvaluation, L.LightningModule):
     def configure_optimizers(self):
         """Lightning gets the policy's optimiser only (every strategy supports one; global_step counts policy
         updates); the PWN's is the module's own, averaged by meal_pl.distributed and saved in meal_state."""
-        params = [p for p in self.policy.parameters() if p.requires_grad]
+        params = policy_param_groups(self.policy, self.tag_lr_scale)
         policy_opt = self.policy_optimizer(params=params)
         if getattr(policy_opt, "defaults", {}).get("fused") and _mixed_precision(self):
             # Lightning's mixed-precision plugin refuses to clip a fused optimiser's gradients; the unfused
             # optimiser computes the same update.
             policy_opt = self.policy_optimizer(params=params, fused=False)
+        if len(policy_opt.param_groups) == 2:  # the preference's own parameters (before the schedule reads the lr)
+            policy_opt.param_groups[1]["lr"] *= self.tag_lr_scale
         warmup = max(1, self.warmup_steps)
         schedule = torch.optim.lr_scheduler.LambdaLR(policy_opt, lambda s: min(1.0, (s + 1) / warmup))
         pwn_params = [p for p in self.pwn.parameters() if p.requires_grad]
@@ -370,3 +375,24 @@ class MealModule(FrontEvaluation, L.LightningModule):
         rows = contextlib.nullcontext() if synced else token_rows_written_in(self.policy)
         with conditioned(self.conditioner, self.policy, prefix), forward_context(self), rows:
             return generate_eval_mode(self.sampler, self.policy, self.tokenizer, prefix, prefix_mask, suppress, greedy, num_samples, synced)
+
+
+def checked_tag_lr_scale(scale: float, policy: torch.nn.Module) -> float:
+    """algorithm.tag_lr_scale, refused where it is not a positive number or the policy has nothing it scales."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"algorithm.tag_lr_scale={scale} must be a finite number > 0 (1 = the policy's learning rate)")
+    if scale != 1 and not preference_parameters(policy):
+        raise ValueError(f"algorithm.tag_lr_scale={scale} scales the preference's own parameters, and this policy has "
+                         "none (its tag rows train inside the whole embedding): use LoRA (model.lora.r=8) or "
+                         "conditioning=embedding, or algorithm.tag_lr_scale=1")
+    return float(scale)
+
+
+def policy_param_groups(policy: torch.nn.Module, tag_lr_scale: float) -> list:
+    """The policy's trainable parameters; with a tag_lr_scale other than 1, two groups: the rest, then the
+    preference's own parameters (whose lr configure_optimizers scales)."""
+    params = [p for p in policy.parameters() if p.requires_grad]
+    if tag_lr_scale == 1:
+        return params
+    own = {id(p) for p in preference_parameters(policy)}
+    return [{"params": [p for p in params if id(p) not in own]}, {"params": [p for p in params if id(p) in own]}]

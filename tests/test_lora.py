@@ -1,7 +1,9 @@
 """LoRA through peft: trainable parameters, pi_ref as the base with adapters off (no copy), the warm-start fold."""
 
 import copy
+import functools
 
+import pytest
 import torch
 from test_meta import micro_module
 
@@ -52,3 +54,24 @@ def test_fold_lora_keeps_the_policy_and_makes_it_the_reference():
         assert torch.allclose(logits(ref, ids), before, atol=1e-10)
     b = [p for n, p in module.policy.named_parameters() if "lora_B" in n]
     assert b and all(not p.any() for p in b)
+
+
+def test_tag_lr_scale_gives_the_tag_rows_their_own_learning_rate():
+    from meal_pl.module import checked_tag_lr_scale, policy_param_groups
+
+    module = micro_module("first_order", {"r": 4})
+    delta = next(p for n, p in module.policy.named_parameters() if "trainable_tokens_delta" in n)
+    groups = policy_param_groups(module.policy, 30.0)
+    assert [len(g["params"]) for g in groups][1] == 1 and groups[1]["params"][0] is delta
+    assert len(groups[0]["params"]) + 1 == sum(p.requires_grad for p in module.policy.parameters())
+    assert policy_param_groups(module.policy, 1.0) == [p for p in module.policy.parameters() if p.requires_grad]
+    module.tag_lr_scale = 30.0
+    module.policy_optimizer = functools.partial(torch.optim.AdamW, lr=1e-3)
+    (opt,), _ = module.configure_optimizers()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-4, 3e-3])  # the first of 10 warm-up steps
+    full = micro_module("first_order")  # full fine-tuning: the tag rows train inside the whole embedding
+    with pytest.raises(ValueError, match=r"algorithm.tag_lr_scale=30.0 scales .* has none .*model.lora.r=8"):
+        checked_tag_lr_scale(30.0, full.policy)
+    with pytest.raises(ValueError, match=r"algorithm.tag_lr_scale=0 must be a finite number > 0"):
+        checked_tag_lr_scale(0, module.policy)
+    assert checked_tag_lr_scale(1, full.policy) == 1.0

@@ -64,6 +64,15 @@ def preference_modules(model: nn.Module) -> list[PreferenceModule]:
     return [m for m in model.modules() if isinstance(m, PreferenceModule)]
 
 
+def preference_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The trainable parameters that exist only to carry the preference: the tags' embedding rows where peft trains
+    them apart from the embedding (LoRA runs) and the conditioning backends' own. Empty when the tag rows train
+    inside the whole embedding matrix (full fine-tuning, `tags`)."""
+    rows = [p for name, p in model.named_parameters() if "trainable_tokens_delta" in name]
+    own = [p for m in preference_modules(model) for p in m.preference_parameters()]
+    return [p for p in {id(p): p for p in rows + own}.values() if p.requires_grad]
+
+
 def parent_of(model: nn.Module, child: nn.Module) -> tuple[nn.Module, str]:
     """(parent module, attribute name) of `child` inside `model`."""
     for module in model.modules():
