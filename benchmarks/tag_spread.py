@@ -15,7 +15,6 @@ import argparse
 from pathlib import Path
 
 import torch
-from common import write_report
 
 from meal_pl.restore import load_run
 
@@ -51,6 +50,9 @@ def spread_rows(names: list[str], trained: torch.Tensor, start: torch.Tensor | N
 
 
 def main() -> None:
+    # Imported here, not at module level: common sets OMP_NUM_THREADS for the process and its children.
+    from common import write_report
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="run directories (their checkpoints/last.ckpt) or .ckpt files")
     parser.add_argument("--out", type=Path, default=None)

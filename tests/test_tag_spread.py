@@ -1,16 +1,14 @@
 """benchmarks/tag_spread.py: the distance between a policy's extreme preference tags, trained and at the start."""
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from test_meta import micro_module
 
-_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(_DIR))  # the script imports its neighbour common.py
-_spec = importlib.util.spec_from_file_location("tag_spread", _DIR / "tag_spread.py")
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "tag_spread.py"
+_spec = importlib.util.spec_from_file_location("tag_spread", _PATH)
 tag_spread = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tag_spread)
 
