@@ -5,7 +5,6 @@ Every function treats rewards as quantities to *maximise*. Shapes: M preference 
 
 import itertools
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import torch
 import torchmetrics
 from matplotlib.figure import Figure
 from pymoo.indicators.hv import HV
-from scipy.stats import rankdata, spearmanr
+from scipy.stats import rankdata
 from torch import Tensor
 
 
@@ -131,16 +130,8 @@ def steerability(weights: Tensor, rewards: Tensor) -> Tensor:
 
     A constant column (e.g. conditioning that changes nothing) has no rank order: it scores 0, not NaN.
     """
-    corr = []
-    for w, r in zip(weights.T.tolist(), rewards.T.tolist(), strict=True):
-        if len(set(w)) < 2 or len(set(r)) < 2:
-            corr.append(0.0)
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            rho = float(spearmanr(w, r).statistic)
-        corr.append(0.0 if math.isnan(rho) else rho)
-    return torch.tensor(corr)
+    w, r = weights.detach().cpu().double().numpy(), rewards.detach().cpu().double().numpy()
+    return torch.from_numpy(_rank_correlations(w, r[None])[0]).float()
 
 
 def _rank_correlations(weights: np.ndarray, rewards: np.ndarray) -> np.ndarray:

@@ -162,23 +162,23 @@ def full_precision() -> Iterator[None]:
 
 def forward_context(module) -> contextlib.AbstractContextManager:
     """The trainer's precision context (autocast under bf16-mixed) for passes outside training_step: the rollout's
-    generation and reference pass, the evaluation's generation. Without a trainer, the autocast `use_run_precision`
-    gave a module rebuilt from a checkpoint, else none."""
+    generation and reference pass, the evaluation's generation. Without a trainer, the context of the plugin
+    `use_run_precision` gave a module rebuilt from a checkpoint, else none."""
     trainer = getattr(module, "_trainer", None)
-    if trainer is not None:
-        return trainer.precision_plugin.forward_context()
-    autocast = getattr(module, "inference_autocast", None)
-    return torch.autocast(*autocast) if autocast else contextlib.nullcontext()
+    plugin = trainer.precision_plugin if trainer is not None else getattr(module, "inference_precision", None)
+    return plugin.forward_context() if plugin is not None else contextlib.nullcontext()
 
 
 def use_run_precision(module: torch.nn.Module, cfg, device: torch.device) -> str:
-    """Give a module rebuilt from a checkpoint (evaluate, generate) its run's precision on `device`, so that it
-    answers as the run's own evaluation did: the frozen weights in bfloat16 where the run held them so, and the
-    run's autocast around the policy's passes. Returns the line that says which (as a run's first lines do)."""
+    """Give a module rebuilt from a checkpoint (evaluate, generate) the precision plugin its run trained with, so that
+    it answers as the run's own evaluation did: the frozen weights in bfloat16 where the run held them so, and the
+    plugin's autocast around the policy's passes. Returns the line that says which (as a run's first lines do)."""
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     chosen, frozen = resolve(cfg.trainer.get("precision"), str(cfg.get("frozen_weights_dtype", "float32")), accelerator)
-    if frozen == "bfloat16":
-        hold_frozen_in_bf16(module)
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(chosen)
-    module.inference_autocast = (device.type, dtype) if dtype is not None else None
+    plugin = precision_plugin(chosen, frozen, accelerator)
+    if plugin is None and chosen.endswith("-mixed"):
+        plugin = MixedPrecision(chosen, device.type)
+    if plugin is not None:
+        plugin.convert_module(module)
+    module.inference_precision = plugin
     return describe(chosen, frozen, accelerator)

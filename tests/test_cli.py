@@ -59,7 +59,7 @@ def test_evaluate_answers_in_the_precision_the_run_trained_in(tmp_path_factory, 
     torch.testing.assert_close(torch.tensor([p["rewards"] for p in again["points"]]),
                                torch.tensor([p["rewards"] for p in trained["points"]]))
     module, _, cfg = load_run(str(run))  # what export reads: float32, untouched by evaluate's precision
-    assert getattr(module, "inference_autocast", None) is None
+    assert getattr(module, "inference_precision", None) is None
     assert all(p.dtype == torch.float32 for p in module.parameters())
     with forward_context(module):
         assert not torch.is_autocast_enabled("cpu")
