@@ -1,4 +1,4 @@
-"""Docs that cannot rot silently: every relative link in README.md and docs/ resolves, and every documented
+"""Docs that cannot rot silently: every relative link in README.md and docs/ resolves (its #section too), and every documented
 `python -m meal_pl.<app> ...` command composes (Hydra apps) or names only known arguments (the checkpoint CLIs)."""
 
 from __future__ import annotations
@@ -40,6 +40,30 @@ def commands(text: str) -> list[tuple[str, list[str]]]:
     return found
 
 
+def slug(heading: str) -> str:
+    """A heading's anchor as GitHub writes it: lower case, punctuation but hyphens dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # a `# comment` in a code block is no heading
+    return {slug(h) for h in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+
+
+def broken_anchors(page: Path) -> list[str]:
+    """Links whose #section names no heading of the Markdown page they point at."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    broken = []
+    for target in LINK.findall(text):
+        if re.match(r"[a-z]+:", target) or "#" not in target:
+            continue
+        file, section = target.split("#", 1)
+        linked = page.parent / file if file else page
+        if linked.suffix == ".md" and linked.exists() and section not in anchors(linked):
+            broken.append(target)
+    return broken
+
+
 def documented_commands() -> list[tuple[str, str, list[str]]]:
     return [(page.name, app, args) for page in PAGES for app, args in commands(page.read_text())]
 
@@ -48,6 +72,7 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
 def test_every_relative_link_resolves(page):
     broken = [t for t in links(page) if not (page.parent / t.split("#")[0]).exists()]
     assert not broken, f"{page.name}: broken links {broken}"
+    assert not broken_anchors(page), f"{page.name}: links to sections that do not exist {broken_anchors(page)}"
 
 
 def check_command(app: str, args: list[str]) -> None:
@@ -86,6 +111,8 @@ def test_the_checks_fail_on_a_broken_link_and_a_renamed_key(tmp_path):
     page = tmp_path / "page.md"
     page.write_text("[gone](missing.md) and [ok](page.md)")
     assert links(page) == ["missing.md", "page.md"] and not (tmp_path / "missing.md").exists()
+    page.write_text("# A `key`: its section (v2)\n[here](#a-key-its-section-v2) [there](page.md#renamed)")
+    assert broken_anchors(page) == ["page.md#renamed"]
     (app, args), = commands("`python -m meal_pl.train algorithm.sampler.num_sample=3`")
     with pytest.raises(Exception, match="num_sample"):
         check_command(app, args)
