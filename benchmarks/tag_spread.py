@@ -5,8 +5,10 @@
 Per run and objective: the distance between the embedding rows of the extreme tags (`<helpful:0.00>` and
 `<helpful:1.00>`), after training and at the start (a LoRA run keeps its start rows as the frozen base of peft's
 trainable tokens; other runs have no start on record), how far each tag row moved on average, and for scale the mean
-distance between two of the model's ordinary tokens (2,000 random pairs, seed 0). Prints the table, writes
-tag_spread.json and .md to --out (default: the first run's directory).
+distance between two of the model's ordinary tokens (2,000 random pairs, seed 0). Where the conditioning backend has
+parameters of its own (`svd_lora`'s U, V, singular values and preference scales, `embedding`'s map), also how far each
+moved from its start (the frozen copy pi_ref runs): a preference path that never trained cannot steer. Prints the
+tables, writes tag_spread.json and .md to --out (default: the first run's directory).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from meal_pl.conditioning.base import preference_modules
 from meal_pl.restore import load_run
 
 
@@ -49,6 +52,25 @@ def spread_rows(names: list[str], trained: torch.Tensor, start: torch.Tensor | N
     return rows
 
 
+def backend_moves(policy: torch.nn.Module) -> list[dict]:
+    """One row per own parameter of the conditioning backend (summed over its modules): the relative change
+    ||p - p0|| / ||p0|| from the start p0 (its frozen copy), the largest change of one entry, and the mean value now."""
+    rows = {}
+    for module in preference_modules(policy):
+        for name in module.PREFERENCE_PARAMS:
+            now, start = getattr(module, name).detach().float(), getattr(module, f"frozen_{name}").float()
+            r = rows.setdefault(name, {"parameter": name, "change_sq": 0.0, "start_sq": 0.0, "max_change": 0.0,
+                                       "total": 0.0, "count": 0})
+            r["change_sq"] += (now - start).pow(2).sum().item()
+            r["start_sq"] += start.pow(2).sum().item()
+            r["max_change"] = max(r["max_change"], (now - start).abs().max().item())
+            r["total"] += now.sum().item()
+            r["count"] += now.numel()
+    return [{"parameter": r["parameter"],
+             "relative_change": r["change_sq"] ** 0.5 / r["start_sq"] ** 0.5 if r["start_sq"] > 0 else None,
+             "max_change": r["max_change"], "mean": r["total"] / r["count"]} for r in rows.values()]
+
+
 def main() -> None:
     # Imported here, not at module level: common sets OMP_NUM_THREADS for the process and its children.
     from common import write_report
@@ -60,12 +82,21 @@ def main() -> None:
     data, lines = {}, ["| run | objective | extreme tags apart (start) | tag rows moved | two ordinary tokens apart |",
                        "|---|---|---|---|---|"]
     fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+    backend_lines = ["", "| run | backend parameter | moved from its start (relative) | largest change of one entry | mean now |",
+                     "|---|---|---|---|---|"]
     for run in args.runs:
         module, _, _ = load_run(run)
         data[run] = spread_rows(module.objective_names, *tag_rows(module))
         for r in data[run]:
             lines.append(f"| {run} | {r['objective']} | {fmt(r['ends_apart'])} ({fmt(r['ends_apart_at_start'])}) | "
                          f"{fmt(r['mean_move'])} | {fmt(r['ordinary_tokens_apart'])} |")
+        moves = backend_moves(module.policy)
+        data[run] = {"tags": data[run], "backend": moves}
+        for m in moves:
+            backend_lines.append(f"| {run} | {m['parameter']} | {fmt(m['relative_change'])} | {m['max_change']:.4f} | "
+                                 f"{m['mean']:.4f} |")
+    if len(backend_lines) > 3:
+        lines += backend_lines
     write_report(args.out or Path(args.runs[0]), "tag_spread", "Tag spread", lines, data)
 
 

@@ -35,3 +35,20 @@ def test_tag_rows_of_a_lora_policy_follow_its_trainable_tokens():
     rows = tag_spread.spread_rows(["a", "b"], *tag_spread.tag_rows(module))
     assert rows[0]["mean_move"] == pytest.approx(4.0 / trained.shape[1]) and rows[1]["mean_move"] == 0.0
     assert len(ordinary) == int(module.conditioner.token_ids.min()) and tag_rows[2].shape[1] == 16
+
+
+def test_backend_moves_measure_the_svd_adapters_change_from_their_start():
+    from test_conditioning import build
+
+    _, model, _, _ = build("svd_lora")
+    rows = {r["parameter"]: r for r in tag_spread.backend_moves(model)}
+    assert set(rows) == {"svd_u", "svd_v", "svd_sigma", "svd_scale"}
+    assert all(r["max_change"] == 0.0 for r in rows.values()) and rows["svd_scale"]["mean"] == pytest.approx(0.1)
+    layer = next(m for m in model.modules() if hasattr(m, "svd_scale"))
+    with torch.no_grad():
+        layer.svd_scale[0] += 0.5  # one entry of one layer's preference scales
+    moved = {r["parameter"]: r for r in tag_spread.backend_moves(model)}["svd_scale"]
+    scales = [m.frozen_svd_scale for m in model.modules() if hasattr(m, "frozen_svd_scale")]
+    assert moved["max_change"] == pytest.approx(0.5)
+    assert moved["relative_change"] == pytest.approx(0.5 / torch.cat(scales).norm().item())
+    assert tag_spread.backend_moves(build("tags")[1]) == []
