@@ -86,12 +86,11 @@ def main() -> None:
                      "|---|---|---|---|---|"]
     for run in args.runs:
         module, _, _ = load_run(run)
-        data[run] = spread_rows(module.objective_names, *tag_rows(module))
-        for r in data[run]:
+        tags, moves = spread_rows(module.objective_names, *tag_rows(module)), backend_moves(module.policy)
+        data[run] = {"tags": tags, "backend": moves}
+        for r in tags:
             lines.append(f"| {run} | {r['objective']} | {fmt(r['ends_apart'])} ({fmt(r['ends_apart_at_start'])}) | "
                          f"{fmt(r['mean_move'])} | {fmt(r['ordinary_tokens_apart'])} |")
-        moves = backend_moves(module.policy)
-        data[run] = {"tags": data[run], "backend": moves}
         for m in moves:
             backend_lines.append(f"| {run} | {m['parameter']} | {fmt(m['relative_change'])} | {m['max_change']:.4f} | "
                                  f"{m['mean']:.4f} |")

@@ -21,8 +21,13 @@ COMMAND = re.compile(r"python -m (meal_pl\.[\w.]+)([^`\n|;&#]*)")
 HYDRA_APPS = {"meal_pl.train": "train", "meal_pl.bench": "bench", "meal_pl.reward_model": "reward_model"}
 
 
+def prose(page: Path) -> str:
+    """The page without its code blocks: they hold no links, and a `# comment` there is no heading."""
+    return re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+
+
 def links(page: Path) -> list[str]:
-    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # code blocks hold no links
+    text = prose(page)
     return [t for t in LINK.findall(text) if not re.match(r"[a-z]+:", t) and not t.startswith("#")]
 
 
@@ -46,21 +51,23 @@ def slug(heading: str) -> str:
 
 
 def anchors(page: Path) -> set[str]:
-    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # a `# comment` in a code block is no heading
-    return {slug(h) for h in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+    return {slug(h) for h in re.findall(r"^#+ (.+)$", prose(page), flags=re.M)}
 
 
 def broken_anchors(page: Path) -> list[str]:
     """Links whose #section names no heading of the Markdown page they point at."""
-    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    headings: dict[Path, set[str]] = {}  # each linked page read once
     broken = []
-    for target in LINK.findall(text):
+    for target in LINK.findall(prose(page)):
         if re.match(r"[a-z]+:", target) or "#" not in target:
             continue
         file, section = target.split("#", 1)
         linked = page.parent / file if file else page
-        if linked.suffix == ".md" and linked.exists() and section not in anchors(linked):
-            broken.append(target)
+        if linked.suffix == ".md" and linked.exists():
+            if linked not in headings:
+                headings[linked] = anchors(linked)
+            if section not in headings[linked]:
+                broken.append(target)
     return broken
 
 
@@ -72,7 +79,8 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
 def test_every_relative_link_resolves(page):
     broken = [t for t in links(page) if not (page.parent / t.split("#")[0]).exists()]
     assert not broken, f"{page.name}: broken links {broken}"
-    assert not broken_anchors(page), f"{page.name}: links to sections that do not exist {broken_anchors(page)}"
+    missing = broken_anchors(page)
+    assert not missing, f"{page.name}: links to sections that do not exist {missing}"
 
 
 def check_command(app: str, args: list[str]) -> None:
