@@ -14,7 +14,17 @@ import torch
 from meal_pl.hh_split import REWARD_MODEL_PAIRS, shipped_split, split_pairs
 from meal_pl.red_team_data import RedTeamDataModule
 from meal_pl.reward_model.__main__ import hold_out
-from meal_pl.reward_model.head import bradley_terry_loss, fit_head, load_head, pairwise_accuracy, save_head
+from meal_pl.reward_model.backends import HeadBackend
+from meal_pl.reward_model.head import (
+    bradley_terry_loss,
+    cross_validate,
+    fit_head,
+    load_head,
+    pairwise_accuracy,
+    save_head,
+    with_negatives,
+)
+from meal_pl.reward_model.negatives import corrupt, repeat_first_sentence, shuffle_words, truncate
 from meal_pl.reward_model.pairs import Pair, load_pairs
 from meal_pl.rewards.preference_head import PreferenceHeadReward
 
@@ -28,6 +38,68 @@ def test_bradley_terry_loss_hand_computed():
     assert bradley_terry_loss(chosen, rejected).item() == pytest.approx(expected, rel=1e-6)
     assert pairwise_accuracy(chosen, rejected) == 0.5
     assert pairwise_accuracy(torch.tensor([1.0]), torch.tensor([1.0])) == 0.0  # a tie is not a win
+
+
+def test_weighted_bradley_terry_loss_is_the_weighted_mean():
+    chosen, rejected = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 1.0])
+    per_pair = -torch.nn.functional.logsigmoid(chosen - rejected)
+    weights = torch.tensor([1.0, 0.25])
+    expected = (per_pair[0] + 0.25 * per_pair[1]) / 1.25
+    assert bradley_terry_loss(chosen, rejected, weights).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert bradley_terry_loss(chosen, rejected, torch.ones(2)).item() == pytest.approx(bradley_terry_loss(chosen, rejected).item())
+
+
+def test_with_negatives_appends_each_kind_against_the_chosen_answer():
+    chosen, rejected = torch.zeros(3, 2), torch.ones(3, 2)
+    loops, cuts = torch.full((3, 2), 2.0), torch.full((3, 2), 3.0)
+    c, r, w = with_negatives(chosen, rejected, [loops, cuts], 0.1)
+    assert c.shape == (9, 2) and torch.equal(c, torch.zeros(9, 2))
+    assert torch.equal(r, torch.cat([rejected, loops, cuts]))
+    assert torch.allclose(w, torch.tensor([1.0] * 3 + [0.05] * 6))
+    assert with_negatives(chosen, rejected, [], 0.1) == (chosen, rejected, None)
+
+
+def test_negatives_are_the_named_corruptions():
+    answer = "Stretch after a warm-up. Cold muscles tear more easily, so walk first. Then hold each stretch."
+    loop = repeat_first_sentence(answer)
+    assert loop == " ".join(["Stretch after a warm-up."] * 4)  # 16 words / a 4-word sentence
+    assert repeat_first_sentence("No.") == "No. No. No."  # at least three times
+    assert truncate(answer) == "Stretch after a warm-up."  # the first quarter of 16 words
+    assert truncate("Yes") == "Yes"
+    import random
+    shuffled = shuffle_words(answer, random.Random(0))
+    assert sorted(shuffled.split()) == sorted(answer.split()) and shuffled != answer
+    assert corrupt([answer], "shuffle", seed=3) == corrupt([answer], "shuffle", seed=3)
+    with pytest.raises(ValueError, match=r"unknown kind 'typo'"):
+        corrupt([answer], "typo")
+
+
+@pytest.mark.parametrize("kwargs, bad", [({"negatives": ["typo"]}, "typo"), ({"negatives": ["repeat", "repeat"]}, "repeat"),
+                                         ({"negatives": ["repeat"], "negative_weight": 0}, "negative_weight=0")])
+def test_head_backend_refuses_bad_negatives(kwargs, bad):
+    with pytest.raises(ValueError, match=r"rm_backend\.negatives=.*" + bad):
+        HeadBackend(**kwargs)
+
+
+def test_negatives_teach_a_head_what_it_could_not_see():
+    """A feature the real pairs never vary (here the last one) separates a corrupted copy only once negatives train."""
+    g = torch.Generator().manual_seed(0)
+    direction = torch.randn(6, generator=g)
+    x, y = torch.randn(300, 6, generator=g), torch.randn(300, 6, generator=g)
+    x[:, -1] = y[:, -1] = 0.0
+    chosen = torch.where(((x - y) @ direction > 0)[:, None], x, y)
+    rejected = torch.where(((x - y) @ direction > 0)[:, None], y, x)
+    loop = chosen.clone()
+    loop[:, -1] = 1.0  # the corruption moves only what the real pairs hold fixed
+    plain = fit_head(chosen, rejected, steps=200, weight_decay=0.0)
+    taught = fit_head(*with_negatives(chosen, rejected, [loop], 0.1)[:2], steps=200, weight_decay=0.0,
+                      weights=with_negatives(chosen, rejected, [loop], 0.1)[2])
+    with torch.no_grad():
+        assert pairwise_accuracy(taught(chosen).squeeze(-1), taught(loop).squeeze(-1)) == 1.0
+        assert pairwise_accuracy(plain(chosen).squeeze(-1), plain(loop).squeeze(-1)) < 1.0
+        assert pairwise_accuracy(taught(chosen).squeeze(-1), taught(rejected).squeeze(-1)) > 0.9
+    scores = cross_validate(chosen, rejected, [0.0], folds=3, negatives=[loop], negative_weight=0.1, steps=100)
+    assert scores[0.0] > 0.9  # the folds are scored on real pairs, with each pair's negatives in its training fold
 
 
 def test_fit_head_learns_a_separable_preference(tmp_path):
@@ -138,6 +210,7 @@ def test_trains_on_a_small_subset_and_beats_chance(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train_pairs"] == 250 and metrics["held_out_pairs"] == 150
     assert metrics["held_out_accuracy"] > 0.55
+    assert set(metrics["held_out_negative_accuracy"]) == {"repeat", "truncate", "shuffle"}
     reward = PreferenceHeadReward(str(out))
     scores = reward(["\n\nHuman: hi\n\nAssistant:"] * 2, ["Hello! How can I help?", "Hello"])
     assert all(0.0 < s < 1.0 for s in scores)

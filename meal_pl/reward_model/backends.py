@@ -13,24 +13,43 @@ from pathlib import Path
 import torch
 from rich.progress import Progress
 
-from meal_pl.reward_model.head import cross_validate, embed_pairs, fit_head, pairwise_accuracy, save_head
+from meal_pl.reward_model.head import (
+    cross_validate,
+    embed_pairs,
+    fit_head,
+    pairwise_accuracy,
+    save_head,
+    with_negatives,
+)
+from meal_pl.reward_model.negatives import NEGATIVES, corrupt
 from meal_pl.reward_model.pairs import Pair
 from meal_pl.rewards.encoder import SentenceEncoder
 
 
 class HeadBackend:
-    """Embed every pair once (frozen encoder), fit the head full-batch, score the held-out pairs."""
+    """Embed every pair once (frozen encoder), fit the head full-batch, score the held-out pairs.
+
+    `negatives` (kinds of meal_pl/reward_model/negatives.py) adds, per training pair, (chosen, a corrupted copy of
+    it) pairs weighing `negative_weight` in all; the held-out pairs' chosen answers are always scored against each
+    kind, so metrics.json says whether the model ranks a real answer above a loop, a cut or a shuffle of it.
+    """
 
     reward_target = "meal_pl.rewards.preference_head.PreferenceHeadReward"
 
     def __init__(self, encoder_path: str | None = None, max_length: int = 128, batch_size: int = 64,
                  steps: int = 500, lr: float = 1e-2, weight_decay: float | list[float] = 1e-3, folds: int = 5,
-                 seed: int = 0) -> None:
+                 seed: int = 0, negatives: list[str] = (), negative_weight: float = 0.1) -> None:
         decays = [weight_decay] if isinstance(weight_decay, (int, float)) else list(weight_decay)  # a ListConfig too
         if steps < 1 or lr <= 0 or not decays or min(decays) < 0 or folds < 2:
             raise ValueError(f"rm_backend.steps={steps} must be >= 1, rm_backend.lr={lr} > 0, rm_backend.weight_decay="
                              f"{weight_decay} >= 0 (one value, or a list to choose from by cross-validation) and "
                              f"rm_backend.folds={folds} >= 2")
+        negatives = list(negatives)
+        unknown = [k for k in negatives if k not in NEGATIVES]
+        if unknown or len(set(negatives)) < len(negatives) or not negative_weight > 0:
+            raise ValueError(f"rm_backend.negatives={negatives} must be distinct kinds of {list(NEGATIVES)} and "
+                             f"rm_backend.negative_weight={negative_weight} > 0")
+        self.negatives, self.negative_weight = negatives, float(negative_weight)
         self.weight_decays, self.folds = [float(d) for d in decays], folds
         # No cache across calls: a request is encoded with its chunk's chosen and again with its rejected answers.
         # Caching it moves the head's weights by 3e-4 (padding differs), and the shipped head must stay exactly what
@@ -39,47 +58,61 @@ class HeadBackend:
         self.max_length, self.batch_size = max_length, batch_size
         self.steps, self.lr, self.seed = steps, lr, seed
 
-    def _features(self, pairs: list[Pair], progress: Progress, label: str) -> tuple[torch.Tensor, torch.Tensor]:
-        task = progress.add_task(f"embedding {label} pairs", total=len(pairs))
-        chosen, rejected = [], []
+    def _features(self, pairs: list[Pair], responses: list[str], progress: Progress, label: str) -> torch.Tensor:
+        """Features of each pair's request with `responses` (one per pair), in chunks of the batch size."""
+        task = progress.add_task(f"embedding {label}", total=len(pairs))
+        chunks = []
         for i in range(0, len(pairs), self.batch_size):
             chunk = pairs[i : i + self.batch_size]
-            prompts = [p.prompt for p in chunk]
-            chosen.append(embed_pairs(self.encoder, prompts, [p.chosen for p in chunk]))
-            rejected.append(embed_pairs(self.encoder, prompts, [p.rejected for p in chunk]))
+            chunks.append(embed_pairs(self.encoder, [p.prompt for p in chunk], responses[i : i + self.batch_size]))
             progress.advance(task, len(chunk))
-        return torch.cat(chosen), torch.cat(rejected)
+        return torch.cat(chunks) if chunks else torch.zeros(0)
+
+    def _pair_features(self, pairs: list[Pair], kinds: list[str], progress: Progress, label: str) -> dict[str, torch.Tensor]:
+        """{"chosen", "rejected", and each negative kind of `kinds`: features aligned with `pairs`}."""
+        chosen = [p.chosen for p in pairs]
+        texts = {"chosen": chosen, "rejected": [p.rejected for p in pairs]}
+        texts |= {kind: corrupt(chosen, kind, self.seed) for kind in kinds}
+        return {name: self._features(pairs, t, progress, f"{label} {name}") for name, t in texts.items()}
 
     def fit(self, train: list[Pair], held_out: list[Pair], out: Path) -> dict:
         """Train, evaluate and write reward_head.{safetensors,json}; returns the metrics."""
         with Progress(transient=False) as progress:
-            train_c, train_r = self._features(train, progress, "training")
-            test_c, test_r = self._features(held_out, progress, "held-out")
+            train = self._pair_features(train, self.negatives, progress, "training")
+            test = self._pair_features(held_out, list(NEGATIVES), progress, "held-out")
+            train_c, train_r = train["chosen"], train["rejected"]
+            negatives = [train[kind] for kind in self.negatives]
             fit = {"steps": self.steps, "lr": self.lr, "seed": self.seed}
             cv = {}
             if len(self.weight_decays) > 1:  # the regularisation, chosen on the training pairs alone
                 task = progress.add_task(f"{self.folds}-fold cross-validation", total=len(self.weight_decays))
                 for decay in self.weight_decays:
-                    cv |= cross_validate(train_c, train_r, [decay], self.folds, **fit)
+                    cv |= cross_validate(train_c, train_r, [decay], self.folds, negatives, self.negative_weight, **fit)
                     progress.advance(task)
             decay = max(cv, key=cv.get) if cv else self.weight_decays[0]
             task = progress.add_task("fitting the head", total=self.steps)
-            head = fit_head(train_c, train_r, weight_decay=decay, progress=lambda loss: progress.advance(task), **fit)
+            c, r, w = with_negatives(train_c, train_r, negatives, self.negative_weight)
+            head = fit_head(c, r, weight_decay=decay, weights=w, progress=lambda loss: progress.advance(task), **fit)
         with torch.no_grad():
             scores = lambda x: head(x).squeeze(-1)  # noqa: E731
             train_scores = torch.cat([scores(train_c), scores(train_r)])
             metrics = {"train_accuracy": pairwise_accuracy(scores(train_c), scores(train_r)),
-                       "held_out_accuracy": pairwise_accuracy(scores(test_c), scores(test_r)) if held_out else None}
+                       "held_out_accuracy": pairwise_accuracy(scores(test["chosen"]), scores(test["rejected"]))
+                       if held_out else None,
+                       # the real answer above its corrupted copy, per kind (trained on or not)
+                       "held_out_negative_accuracy": {kind: pairwise_accuracy(scores(test["chosen"]), scores(test[kind]))
+                                                      for kind in NEGATIVES} if held_out else None}
         save_head(out, head, {
             "encoder": "all-MiniLM-L6-v2", "features": "[views(response), e(request) * e(response)] (meal_pl/reward_model/head.py)",
-            "max_length": self.max_length,
+            "max_length": self.max_length, "negatives": self.negatives, "negative_weight": self.negative_weight,
             # The reward standardises the score by its training responses' spread before the sigmoid.
             "score_mean": train_scores.mean().item(), "score_std": train_scores.std().item(),
         })
         return metrics | {"backend": "head", "reward_target": self.reward_target,
                           "cross_validation": {str(k): v for k, v in cv.items()},
                           "settings": {"steps": self.steps, "lr": self.lr, "weight_decay": decay,
-                                       "max_length": self.max_length, "seed": self.seed}}
+                                       "max_length": self.max_length, "seed": self.seed, "negatives": self.negatives,
+                                       "negative_weight": self.negative_weight}}
 
 
 class TRLBackend:

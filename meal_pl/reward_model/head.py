@@ -22,9 +22,21 @@ CONFIG = "reward_head.json"
 WEIGHTS = "reward_head.safetensors"
 
 
-def bradley_terry_loss(chosen: Tensor, rejected: Tensor) -> Tensor:
-    """-mean log sigmoid(s_chosen - s_rejected) over (n,) scores: the pairwise preference likelihood."""
-    return -F.logsigmoid(chosen - rejected).mean()
+def bradley_terry_loss(chosen: Tensor, rejected: Tensor, weights: Tensor | None = None) -> Tensor:
+    """-mean log sigmoid(s_chosen - s_rejected) over (n,) scores: the pairwise preference likelihood; with (n,)
+    `weights`, their weighted mean (a standard negative counts less than a real pair)."""
+    loss = -F.logsigmoid(chosen - rejected)
+    return loss.mean() if weights is None else (loss * weights).sum() / weights.sum()
+
+
+def with_negatives(chosen: Tensor, rejected: Tensor, negatives: list[Tensor], negative_weight: float
+                   ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(chosen, rejected, weights) of the real pairs (weight 1) followed by (chosen, its corrupted copy) for each
+    (n, d) tensor of `negatives` (aligned with `chosen`), all of one pair's negatives weighing `negative_weight`."""
+    if not negatives:
+        return chosen, rejected, None
+    weights = [torch.ones(len(chosen))] + [torch.full((len(chosen),), negative_weight / len(negatives))] * len(negatives)
+    return (torch.cat([chosen] * (1 + len(negatives))), torch.cat([rejected, *negatives]), torch.cat(weights))
 
 
 def pairwise_accuracy(chosen: Tensor, rejected: Tensor) -> float:
@@ -46,8 +58,9 @@ def embed_pairs(encoder, prompts: list[str], responses: list[str]) -> Tensor:
 
 
 def fit_head(chosen: Tensor, rejected: Tensor, steps: int = 500, lr: float = 1e-2, weight_decay: float = 1e-3,
-             seed: int = 0, progress=None) -> torch.nn.Linear:
-    """A linear head trained full-batch with Adam on Bradley-Terry over (n, d) chosen / rejected features."""
+             seed: int = 0, progress=None, weights: Tensor | None = None) -> torch.nn.Linear:
+    """A linear head trained full-batch with Adam on Bradley-Terry over (n, d) chosen / rejected features (each
+    pair weighted by (n,) `weights` if given)."""
     generator = torch.Generator().manual_seed(seed)
     head = torch.nn.Linear(chosen.shape[1], 1)
     with torch.no_grad():  # seeded init, independent of the global RNG
@@ -55,7 +68,7 @@ def fit_head(chosen: Tensor, rejected: Tensor, steps: int = 500, lr: float = 1e-
         head.bias.zero_()
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
     for _ in range(steps):
-        loss = bradley_terry_loss(head(chosen).squeeze(-1), head(rejected).squeeze(-1))
+        loss = bradley_terry_loss(head(chosen).squeeze(-1), head(rejected).squeeze(-1), weights)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -65,15 +78,18 @@ def fit_head(chosen: Tensor, rejected: Tensor, steps: int = 500, lr: float = 1e-
 
 
 def cross_validate(chosen: Tensor, rejected: Tensor, weight_decays: list[float], folds: int = 5,
-                   **fit_kwargs) -> dict[float, float]:
+                   negatives: list[Tensor] = (), negative_weight: float = 0.0, **fit_kwargs) -> dict[float, float]:
     """{weight decay: mean pairwise accuracy over `folds` interleaved folds of the training pairs}: picks the head's
-    regularisation from the training pairs alone, so the held-out pairs stay unseen."""
+    regularisation from the training pairs alone, so the held-out pairs stay unseen. A pair's negatives train with
+    it; the folds are scored on real pairs only."""
     fold = torch.arange(len(chosen)) % folds
     scores = {}
     for decay in weight_decays:
         accuracies = []
         for f in range(folds):
-            head = fit_head(chosen[fold != f], rejected[fold != f], weight_decay=decay, **fit_kwargs)
+            keep = fold != f
+            c, r, w = with_negatives(chosen[keep], rejected[keep], [n[keep] for n in negatives], negative_weight)
+            head = fit_head(c, r, weight_decay=decay, weights=w, **fit_kwargs)
             with torch.no_grad():
                 accuracies.append(pairwise_accuracy(head(chosen[fold == f]).squeeze(-1), head(rejected[fold == f]).squeeze(-1)))
         scores[decay] = sum(accuracies) / folds
