@@ -25,6 +25,7 @@ class EvaluateArgs:
     num_prompts: int = 32  # the first n of the run's held-out evaluation prompts
     num_points: int | None = None  # preference grid size; null: the objective's grid_points
     device: str = "cpu"
+    judge: str | None = None  # OBJECTIVE=DIR: score that objective with another reward model (e.g. harmless=rm/)
 
 
 def evaluate(module, prompts: list[str], num_points: int, groups: list[str | None] | None = None
@@ -52,18 +53,30 @@ def evaluate(module, prompts: list[str], num_points: int, groups: list[str | Non
     return weights, rewards, report
 
 
+def parse_judge(judge: str | None) -> dict[str, str]:
+    """{objective: reward-model directory} from `judge=harmless=DIR` (a policy judged by a model it never trained on)."""
+    if judge is None:
+        return {}
+    name, sep, path = judge.partition("=")
+    if not sep or not name or not Path(path).is_dir():
+        raise ValueError(f"judge={judge!r} must be OBJECTIVE=DIR with DIR a reward-model directory "
+                         "(e.g. judge=harmless=meal_pl/assets/harm_reward_model)")
+    return {name: str(Path(path).resolve())}
+
+
 def main(argv: list[str]) -> None:
     args = parse_args(argv, EvaluateArgs(), required=("ckpt_path",))
     if args.num_prompts < 1 or (args.num_points is not None and args.num_points < 2):
         raise ValueError(f"num_prompts={args.num_prompts} must be >= 1 and num_points={args.num_points} >= 2")
+    judge = parse_judge(args.judge)
     ckpt, run = find_checkpoint(args.ckpt_path)
-    out = Path(args.out) if args.out else run / "evaluate" / ckpt.stem
-    module, datamodule, cfg = load_run(args.ckpt_path, args.device)
+    out = Path(args.out) if args.out else run / "evaluate" / (ckpt.stem + ("_judged" if judge else ""))
+    module, datamodule, cfg = load_run(args.ckpt_path, args.device, judge)
     precision = use_run_precision(module, cfg, module.device)  # the run's own evaluation: bf16 where it trained so
     prompts = datamodule.eval_prompts(args.num_prompts)
     weights, rewards, report = evaluate(module, prompts, args.num_points or module.grid_points,
                                         datamodule.eval_groups(args.num_prompts))
-    report |= {"ckpt_path": str(ckpt), "precision": precision}
+    report |= {"ckpt_path": str(ckpt), "precision": precision, "judge": judge}
     out.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(out / "pareto.json", report)
     choice = {"rewards": torch.tensor(report["pwn_choice"]["rewards"])}

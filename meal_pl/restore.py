@@ -36,8 +36,9 @@ def find_checkpoint(ckpt_path: str) -> tuple[Path, Path]:
     return ckpt, run
 
 
-def load_run(ckpt_path: str, device: str = "cpu"):
-    """(module in eval mode on `device`, datamodule, config) of a training run's checkpoint."""
+def load_run(ckpt_path: str, device: str = "cpu", reward_paths: dict[str, str] | None = None):
+    """(module in eval mode on `device`, datamodule, config) of a training run's checkpoint; `reward_paths`
+    ({objective: reward-model directory}) scores those objectives with other reward models than the run trained on."""
     from meal_pl.checkpoint import read_checkpoint
     from meal_pl.train import build  # deferred: train imports Hydra's app machinery
 
@@ -46,6 +47,12 @@ def load_run(ckpt_path: str, device: str = "cpu"):
     cfg: DictConfig = OmegaConf.load(run / ".hydra" / "config.yaml")
     with open_dict(cfg):
         cfg.paths.output_dir = str(run)
+        for name, path in (reward_paths or {}).items():
+            reward = cfg.objective.rewards.get(name)
+            if reward is None or "path" not in reward:
+                raise ValueError(f"judge={name}={path}: the run's objective has no reward {name!r} read from a directory "
+                                 f"(objective.rewards.{name}.path); its rewards: {sorted(cfg.objective.rewards)}")
+            reward.path = path
     try:
         datamodule, module = build(cfg, tokenizer_dir=run / "tokenizer")
     except (InstantiationException, ConfigAttributeError, ConfigKeyError, MissingMandatoryValue) as err:

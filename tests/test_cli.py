@@ -128,3 +128,37 @@ def test_export_reloads_with_transformers(run_dir, tmp_path):
     features = torch.randn(3, meta["pwn"]["config"]["feature_dim"])
     assert torch.allclose(pwn(features), module.pwn(features))
     assert meta["objectives"] == ["a_to_m", "n_to_z"] and meta["example_tags"] == "<a_to_m:0.50><n_to_z:0.50>"
+
+
+def test_evaluate_under_another_judge_rescores_only_that_objective(tmp_path_factory, tmp_path):
+    """judge=harmless=DIR: the same answers, the harmless objective scored by DIR's reward model."""
+    from meal_pl.reward_model.head import load_head, save_head
+    from meal_pl.rewards.preference_head import default_harm_model_path
+
+    run = tmp_path_factory.mktemp("hh_run")  # the default objective: helpful_harmless, its harm model from a directory
+    overrides = TINY + ["logger=none", "trainer.max_steps=1", "callbacks.pareto_eval.every_n_steps=100",
+                        "callbacks.pareto_eval.num_prompts=4", "callbacks.pareto_eval.num_points=3"]
+    train(compose_train(overrides, run))
+    shipped, config = load_head(default_harm_model_path())
+    with torch.no_grad():
+        shipped.weight.neg_()  # a judge that prefers what the shipped model dislikes
+    save_head(tmp_path / "flipped", shipped, config)
+    own, same, flipped = tmp_path / "own", tmp_path / "same", tmp_path / "flipped_eval"
+    evaluate.main([f"ckpt_path={run}", "num_prompts=4", "num_points=3", f"out={own}"])
+    evaluate.main([f"ckpt_path={run}", "num_prompts=4", "num_points=3", f"out={same}",
+                   f"judge=harmless={default_harm_model_path()}"])
+    evaluate.main([f"ckpt_path={run}", "num_prompts=4", "num_points=3", f"out={flipped}",
+                   f"judge=harmless={tmp_path / 'flipped'}"])
+    points = {name: torch.tensor([p["rewards"] for p in json.loads((d / "pareto.json").read_text())["points"]])
+              for name, d in (("own", own), ("same", same), ("flipped", flipped))}
+    torch.testing.assert_close(points["same"], points["own"])  # the run's own judge: the same front
+    torch.testing.assert_close(points["flipped"][:, 0], points["own"][:, 0])  # helpful untouched
+    assert not torch.allclose(points["flipped"][:, 1], points["own"][:, 1])
+    assert json.loads((flipped / "pareto.json").read_text())["judge"] == {"harmless": str((tmp_path / "flipped").resolve())}
+
+
+def test_judge_names_what_is_wrong(run_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"judge='harmless' must be OBJECTIVE=DIR"):
+        evaluate.main([f"ckpt_path={run_dir}", "judge=harmless"])
+    with pytest.raises(ValueError, match=r"no reward 'harmless' read from a directory .*\['a_to_m', 'n_to_z'\]"):
+        evaluate.main([f"ckpt_path={run_dir}", f"judge=harmless={tmp_path}"])
