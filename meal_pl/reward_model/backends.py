@@ -78,10 +78,10 @@ class HeadBackend:
     def fit(self, train: list[Pair], held_out: list[Pair], out: Path) -> dict:
         """Train, evaluate and write reward_head.{safetensors,json}; returns the metrics."""
         with Progress(transient=False) as progress:
-            train = self._pair_features(train, self.negatives, progress, "training")
+            train_features = self._pair_features(train, self.negatives, progress, "training")
             test = self._pair_features(held_out, list(NEGATIVES), progress, "held-out")
-            train_c, train_r = train["chosen"], train["rejected"]
-            negatives = [train[kind] for kind in self.negatives]
+            train_c, train_r = train_features["chosen"], train_features["rejected"]
+            negatives = [train_features[kind] for kind in self.negatives]
             fit = {"steps": self.steps, "lr": self.lr, "seed": self.seed}
             cv = {}
             if len(self.weight_decays) > 1:  # the regularisation, chosen on the training pairs alone
