@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -66,7 +67,6 @@ def test_negatives_are_the_named_corruptions():
     assert repeat_first_sentence("No.") == "No. No. No."  # at least three times
     assert truncate(answer) == "Stretch after a warm-up."  # the first quarter of 16 words
     assert truncate("Yes") == "Yes"
-    import random
     shuffled = shuffle_words(answer, random.Random(0))
     assert sorted(shuffled.split()) == sorted(answer.split()) and shuffled != answer
     assert corrupt([answer], "shuffle", seed=3) == corrupt([answer], "shuffle", seed=3)
@@ -92,8 +92,8 @@ def test_negatives_teach_a_head_what_it_could_not_see():
     loop = chosen.clone()
     loop[:, -1] = 1.0  # the corruption moves only what the real pairs hold fixed
     plain = fit_head(chosen, rejected, steps=200, weight_decay=0.0)
-    taught = fit_head(*with_negatives(chosen, rejected, [loop], 0.1)[:2], steps=200, weight_decay=0.0,
-                      weights=with_negatives(chosen, rejected, [loop], 0.1)[2])
+    c, r, w = with_negatives(chosen, rejected, [loop], 0.1)
+    taught = fit_head(c, r, steps=200, weight_decay=0.0, weights=w)
     with torch.no_grad():
         assert pairwise_accuracy(taught(chosen).squeeze(-1), taught(loop).squeeze(-1)) == 1.0
         assert pairwise_accuracy(plain(chosen).squeeze(-1), plain(loop).squeeze(-1)) < 1.0

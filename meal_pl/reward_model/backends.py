@@ -94,19 +94,20 @@ class HeadBackend:
             c, r, w = with_negatives(train_c, train_r, negatives, self.negative_weight)
             head = fit_head(c, r, weight_decay=decay, weights=w, progress=lambda loss: progress.advance(task), **fit)
         with torch.no_grad():
-            scores = lambda x: head(x).squeeze(-1)  # noqa: E731
-            train_scores = torch.cat([scores(train_c), scores(train_r)])
-            metrics = {"train_accuracy": pairwise_accuracy(scores(train_c), scores(train_r)),
-                       "held_out_accuracy": pairwise_accuracy(scores(test["chosen"]), scores(test["rejected"]))
-                       if held_out else None,
-                       # the real answer above its corrupted copy, per kind (trained on or not)
-                       "held_out_negative_accuracy": {kind: pairwise_accuracy(scores(test["chosen"]), scores(test[kind]))
-                                                      for kind in NEGATIVES} if held_out else None}
+            train_scores = {name: head(x).squeeze(-1) for name, x in (("chosen", train_c), ("rejected", train_r))}
+            test_scores = {name: head(x).squeeze(-1) for name, x in test.items()} if held_out else {}
+        metrics = {"train_accuracy": pairwise_accuracy(train_scores["chosen"], train_scores["rejected"]),
+                   "held_out_accuracy": pairwise_accuracy(test_scores["chosen"], test_scores["rejected"])
+                   if held_out else None,
+                   # the real answer above its corrupted copy, per kind (trained on or not)
+                   "held_out_negative_accuracy": {kind: pairwise_accuracy(test_scores["chosen"], test_scores[kind])
+                                                  for kind in NEGATIVES} if held_out else None}
+        every_train_score = torch.cat([train_scores["chosen"], train_scores["rejected"]])
         save_head(out, head, {
             "encoder": "all-MiniLM-L6-v2", "features": "[views(response), e(request) * e(response)] (meal_pl/reward_model/head.py)",
             "max_length": self.max_length, "negatives": self.negatives, "negative_weight": self.negative_weight,
             # The reward standardises the score by its training responses' spread before the sigmoid.
-            "score_mean": train_scores.mean().item(), "score_std": train_scores.std().item(),
+            "score_mean": every_train_score.mean().item(), "score_std": every_train_score.std().item(),
         })
         return metrics | {"backend": "head", "reward_target": self.reward_target,
                           "cross_validation": {str(k): v for k, v in cv.items()},
