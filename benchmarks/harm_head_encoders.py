@@ -4,12 +4,13 @@
 
 The reward-model pairs of the shipped split (meal_pl/hh_split.py) with the last 400 held out, as
 `python -m meal_pl.reward_model` does. Per feature set, the same protocol: features standardised by the training
-pairs' statistics, a linear Bradley-Terry head (meal_pl/reward_model/head.py), its weight decay chosen by 5-fold
-cross-validation on the training pairs alone, then its accuracy on the held-out pairs. Feature sets: the shipped
-head's MiniLM features; SmolLM2-135M-Instruct's hidden states at layers 8, 16, 24 and 30, each mean-pooled over the
-answer's tokens (the request through its chat template before it), alone and together; MiniLM and SmolLM2 together.
-SmolLM2 runs in bfloat16 (a frozen encoder, as the policy's frozen weights do). About 13 minutes on 2 cores, most of
-it SmolLM2 reading 3,600 answers. Prints the table, writes harm_head_encoders.json and .md to --out.
+pairs' statistics, a linear Bradley-Terry head (meal_pl/reward_model/head.py, 300 full-batch Adam steps), its weight
+decay chosen by 5-fold cross-validation on the training pairs alone, then its accuracy on the held-out pairs. Feature
+sets: the shipped head's MiniLM features; SmolLM2-135M-Instruct's hidden states at layers 8, 16, 24 and 30, each
+mean-pooled over the answer's tokens (the request through its chat template before it), alone and together; MiniLM
+and SmolLM2 together. SmolLM2 runs in bfloat16 (a frozen encoder, as the policy's frozen weights do); most of the time
+is SmolLM2 reading 3,600 answers (the JSON records each encoder's seconds). Prints the table, writes
+harm_head_encoders.json and .md to --out.
 """
 
 from __future__ import annotations
