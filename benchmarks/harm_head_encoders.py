@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from meal_pl.chat import format_prompts, use_chat_template
 from meal_pl.reward_model.head import cross_validate, fit_head, pairwise_accuracy
 from meal_pl.rewards.relevance import last_request
 
@@ -30,11 +31,9 @@ DECAYS = (0.1, 1.0, 3.0, 10.0, 30.0)  # standardised features need more decay th
 
 
 def request_prefix(tokenizer, request: str) -> str:
-    """The request as the model sees a user turn: its chat template if it has one, else HH's own format."""
-    if tokenizer.chat_template:
-        return tokenizer.apply_chat_template([{"role": "user", "content": request}], tokenize=False,
-                                             add_generation_prompt=True)
-    return f"Human: {request}\n\nAssistant: "
+    """The request as the policy reads a one-turn HH prompt (meal_pl/chat.py: its chat template if it has one)."""
+    use_chat_template(tokenizer, bool(tokenizer.chat_template))
+    return format_prompts(tokenizer, [f"\n\nHuman: {request}\n\nAssistant:"])[0]
 
 
 @torch.no_grad()

@@ -19,8 +19,7 @@ ANSWERS = ["I won't help with that.", "A light warm-up before exercise helps mor
 
 def test_a_plain_tokenizer_reads_the_request_in_hh_format():
     _, tokenizer = tiny_llama(PROMPTS + ANSWERS)
-    assert harm_head_encoders.request_prefix(tokenizer, "Is stretching useful?") == (
-        "Human: Is stretching useful?\n\nAssistant: ")
+    assert harm_head_encoders.request_prefix(tokenizer, "Is stretching useful?") == PROMPTS[1]
 
 
 def test_answer_features_do_not_depend_on_what_shares_the_batch():
