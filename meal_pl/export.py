@@ -4,7 +4,7 @@ preference tags, the PWN, and pi_ref (whose hidden states are the PWN's input).
     python -m meal_pl.export ckpt_path=RUN/checkpoints/last.ckpt out=DIR [reference=true] [preference=[0.7,0.3]]
 
 Backends whose network reads w beyond the tags (conditioning=embedding, svd_lora) are exported merged at
-one preference, which `preference=` gives; tags and tied_tags need none.
+one preference, which `preference=` gives; tags, tied_tags and text need none.
 
 Then `AutoModelForCausalLM.from_pretrained(DIR)` and `AutoTokenizer.from_pretrained(DIR)` load the
 policy; `meal.json` says how to write a preference (tag format) and how to rebuild the PWN.
@@ -37,6 +37,17 @@ USAGE = """# meal-pl export
   user cannot set the preference.
   Conditioning backend: `{backend}`. {merged}
   Prompt format: `"\\n\\nHuman: <request>\\n\\nAssistant:"` then the tags; sample the response after them.
+- `pwn.pt`: the preference-weight-net's state dict; `meal.json` "pwn" holds its constructor arguments
+  (`meal_pl.pwn.PreferenceWeightNet(**pwn["config"])`). Its input is the mean over prompt tokens of the
+  last hidden states of `reference/` (pi_ref, the frozen reference policy), its output the K weights.
+"""
+
+USAGE_TEXT = """# meal-pl export
+
+- `AutoModelForCausalLM.from_pretrained(this_dir)` / `AutoTokenizer.from_pretrained(this_dir)`: the
+  preference-conditioned policy (LoRA adapters, if any, merged in).
+- Conditioning backend: `text`. A preference is written as ordinary text, {position}, one value per objective in
+  the order of `meal.json` "objectives", multiples of 1/tag_resolution that sum to 1, two decimals, e.g. {example}.
 - `pwn.pt`: the preference-weight-net's state dict; `meal.json` "pwn" holds its constructor arguments
   (`meal_pl.pwn.PreferenceWeightNet(**pwn["config"])`). Its input is the mean over prompt tokens of the
   last hidden states of `reference/` (pi_ref, the frozen reference policy), its output the K weights.
@@ -121,6 +132,9 @@ def export(module, out: Path, reference: bool = True, preference: list[float] | 
         "pwn": pwn,
         "reference": "reference/" if reference else None,
     }
+    if getattr(conditioner, "plain_text", False):  # conditioning=text: w is ordinary text in the request, no tag token
+        meta |= {"tag_format": None, "tag_input": "plain text, typed into the request", "example_tags": None,
+                 "tag_position": conditioner.position, "preference_text": example}
     (out / "meal.json").write_text(json.dumps(meta, indent=2))
     if merged_at is None:
         merged = "The preference is read from the tags only."
@@ -128,7 +142,10 @@ def export(module, out: Path, reference: bool = True, preference: list[float] | 
         tags = conditioner.format(merged_at[None])[0]
         merged = (f"The network is merged at the preference {tags}: it acts as the trained policy there; give "
                   "these tags after the prompt.")
-    (out / "MEAL_README.md").write_text(USAGE.format(example=example, backend=conditioner.name, merged=merged))
+    usage = USAGE.format(example=example, backend=conditioner.name, merged=merged)
+    if getattr(conditioner, "plain_text", False):
+        usage = USAGE_TEXT.format(example=json.dumps(example), position=conditioner.position)
+    (out / "MEAL_README.md").write_text(usage)
     if reference:
         reference_model(module).save_pretrained(str(out / "reference"))
     return out

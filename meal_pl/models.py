@@ -156,7 +156,7 @@ def apply_lora(
         lora_dropout=dropout,
         target_modules=list(target_modules) if not isinstance(target_modules, str) else target_modules,
         task_type="CAUSAL_LM",
-        trainable_token_indices=list(trainable_token_ids),
+        trainable_token_indices=list(trainable_token_ids) or None,  # conditioning=text adds no token
     )
     policy = get_peft_model(policy, config)
     adapters_follow_autocast(policy)

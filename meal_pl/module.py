@@ -95,7 +95,7 @@ class MealModule(FrontEvaluation, L.LightningModule):
         self.warm_start_tags = objective.get("warm_start_tags", "achieved")
         simplex = objective.get("front") == "simplex"
         self.max_hypervolume = ideal_hypervolume(len(self.objective_names), self.grid_points, self.reference_point) if simplex else None
-        # How w reaches the policy (conditioning=tags|tied_tags|embedding|svd_lora); its modules live in the policy.
+        # How w reaches the policy (conditioning=tags|tied_tags|embedding|svd_lora|text); its modules live in the policy.
         self.conditioner = (conditioner or TextTagConditioner)(names=self.objective_names)
         self.conditioner.attach(tokenizer, policy)
         # pi_ref: the frozen initial policy (re-synced after the warm start); its hidden states feed the PWN.

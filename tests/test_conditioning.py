@@ -80,7 +80,7 @@ def test_check_preference_rejects_bad_vectors(bad, message):
 
 
 # ----- backends (conf/conditioning/*.yaml): each keeps the tags and adds its own path for w -----------------
-BACKEND_NAMES = ["tags", "tied_tags", "embedding", "svd_lora"]
+BACKEND_NAMES = ["tags", "tied_tags", "embedding", "svd_lora", "text"]
 W = torch.tensor([[1.0, 0.0], [0.3, 0.7]])
 
 

@@ -1,5 +1,7 @@
 """Every conditioning backend through a real (micro) run: training, generation, export at w, with and without LoRA."""
 
+import json
+
 import pytest
 import torch
 from conftest import TINY, compose_train
@@ -12,7 +14,7 @@ from meal_pl.train import train
 
 
 # tags + LoRA is tests/test_cli.py's run; one run per backend, LoRA where the backend meets peft's wrappers.
-@pytest.mark.parametrize(("backend", "lora"), [("tied_tags", False), ("embedding", True), ("svd_lora", False), ("svd_lora", True)])
+@pytest.mark.parametrize(("backend", "lora"), [("tied_tags", False), ("embedding", True), ("svd_lora", False), ("svd_lora", True), ("text", True)])
 def test_backend_trains_generates_and_exports_at_w(backend, lora, tmp_path):
     run = tmp_path / "run"
     overrides = TINY + [f"conditioning={backend}", "objective=synthetic", "logger=none", "trainer.max_steps=2",
@@ -26,6 +28,10 @@ def test_backend_trains_generates_and_exports_at_w(backend, lora, tmp_path):
     ids = torch.cat([module.tokenizer(["\n\nHuman: hello there\n\nAssistant:"], return_tensors="pt")["input_ids"],
                      module.conditioner.tag_ids(torch.tensor([w]))], 1)
     exported = AutoModelForCausalLM.from_pretrained(out)
+    if backend == "text":  # no tag token: the export documents the preference as text typed into the request
+        meta = json.loads((out / "meal.json").read_text())
+        assert meta["tag_format"] is None and meta["preference_text"].startswith("\nPreference: ")
+        assert "Conditioning backend: `text`" in (out / "MEAL_README.md").read_text()
     with torch.no_grad(), conditioned(module.conditioner, module.policy, ids):
         expected = module.policy(input_ids=ids).logits
     assert torch.allclose(exported(input_ids=ids).logits, expected, atol=1e-4)

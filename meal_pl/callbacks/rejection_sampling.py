@@ -101,8 +101,8 @@ class RejectionSampling(RolloutCallback):
             keep, selection = sampler.select(weights, rewards, valid)
             tags = losses.relabel(rewards, sampler.relabel_tau) if sampler.relabel else cond[:, None].expand_as(rewards)
             S, K = B * N, rewards.shape[-1]
-            seq_prefix = torch.cat([ids.repeat_interleave(N, 0), module.conditioner.tag_ids(tags.reshape(S, K))], 1)
-            seq_mask = torch.cat([mask.repeat_interleave(N, 0), torch.ones(S, K, dtype=mask.dtype, device=module.device)], 1)
+            seq_prefix, seq_mask = module.conditioner.condition(ids.repeat_interleave(N, 0), mask.repeat_interleave(N, 0),
+                                                                tags.reshape(S, K))
         with section("reference"), torch.no_grad(), module.reference() as ref:
             ref_logp = trained_rows_logprobs(ref, seq_prefix, seq_mask, responses, keep.flatten(), module.conditioner)
         with section("meta"):  # the front objective's held-out samples are the meta step's cost
