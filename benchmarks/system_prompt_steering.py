@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import torch
-from common import write_report
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
@@ -76,6 +75,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1234, help="sampling seed of grid point m: seed + m")
     parser.add_argument("--out", type=Path, default=Path("outputs/system_prompt_steering"))
     args = parser.parse_args()
+    # Here, not at import: common.py sets OMP_NUM_THREADS=1, which a test importing this file would pass on to the
+    # suite's subprocesses (their bits then differ: commit 814f41f).
+    from common import write_report
+
     torch.set_num_threads(args.threads)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["experiment=smollm2_lora"])

@@ -1,7 +1,7 @@
 """benchmarks/system_prompt_steering.py: the preference written into the system turn, and the prompt it renders."""
 
 import importlib.util
-import sys
+import os
 from pathlib import Path
 
 from test_chat import HH, TEMPLATE
@@ -9,10 +9,15 @@ from test_chat import HH, TEMPLATE
 from meal_pl.models import tiny_llama
 
 _DIR = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(_DIR))  # the benchmark imports its neighbour common.py
 _spec = importlib.util.spec_from_file_location("system_prompt_steering", _DIR / "system_prompt_steering.py")
 steering = importlib.util.module_from_spec(_spec)
+_threads = os.environ.get("OMP_NUM_THREADS")
 _spec.loader.exec_module(steering)
+
+
+def test_importing_the_benchmark_leaves_the_thread_setting_alone():
+    # common.py sets OMP_NUM_THREADS=1; at import it would reach the suite's subprocesses (commit 814f41f)
+    assert os.environ.get("OMP_NUM_THREADS") == _threads
 
 
 def test_preference_text_writes_each_weight_as_a_percentage_with_its_goal():

@@ -10,6 +10,9 @@ The block has one length for every preference (each character of a two-decimal v
 sequence's preference is rewritten in place (relabelling) and read back from its ids. With a chat template the block
 ends the user's turn, before the template's tail that opens the assistant's turn, where an instruct model reads a
 request rather than the start of its own answer; without one it follows the prompt, as the tags do.
+
+Unlike tag ids, this text is what a user can type: a prompt may hold a block of its own. The conditioner's block
+comes last and is the one read back, but the policy reads both (docs/safety.md).
 """
 
 from __future__ import annotations
