@@ -128,7 +128,7 @@ class TextPreferenceConditioner(TextTagConditioner):
         digits = found.view(len(ids), len(self.names), -1).cpu()
         table = self.values
         steps = (digits[:, :, None, :] == table[None, None]).all(-1).float().argmax(-1)
-        return steps / self.resolution
+        return (steps / self.resolution).to(ids.device)  # as the tags' reading: on the ids' device
 
     def format(self, weights: Tensor) -> list[str]:
         """(B,K) weights -> the block's text, for logs and the generate CLI."""
