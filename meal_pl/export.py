@@ -30,24 +30,7 @@ USAGE = """# meal-pl export
 
 - `AutoModelForCausalLM.from_pretrained(this_dir)` / `AutoTokenizer.from_pretrained(this_dir)`: the
   preference-conditioned policy (LoRA adapters, if any, merged in).
-- A preference enters as K tag tokens appended right after the prompt, one per objective in the order of
-  `meal.json` "objectives", values rounded to multiples of 1/tag_resolution that sum to 1, e.g.
-  `{example}`. Each tag is a single token of the vocabulary: append it by id,
-  `tokenizer.convert_tokens_to_ids([...])`. Typed into a prompt, the same text encodes as ordinary characters, so a
-  user cannot set the preference.
-  Conditioning backend: `{backend}`. {merged}
-  Prompt format: `"\\n\\nHuman: <request>\\n\\nAssistant:"` then the tags; sample the response after them.
-- `pwn.pt`: the preference-weight-net's state dict; `meal.json` "pwn" holds its constructor arguments
-  (`meal_pl.pwn.PreferenceWeightNet(**pwn["config"])`). Its input is the mean over prompt tokens of the
-  last hidden states of `reference/` (pi_ref, the frozen reference policy), its output the K weights.
-"""
-
-USAGE_TEXT = """# meal-pl export
-
-- `AutoModelForCausalLM.from_pretrained(this_dir)` / `AutoTokenizer.from_pretrained(this_dir)`: the
-  preference-conditioned policy (LoRA adapters, if any, merged in).
-- Conditioning backend: `text`. A preference is written as ordinary text, {position}, one value per objective in
-  the order of `meal.json` "objectives", multiples of 1/tag_resolution that sum to 1, two decimals, e.g. {example}.
+{preference}
 - `pwn.pt`: the preference-weight-net's state dict; `meal.json` "pwn" holds its constructor arguments
   (`meal_pl.pwn.PreferenceWeightNet(**pwn["config"])`). Its input is the mean over prompt tokens of the
   last hidden states of `reference/` (pi_ref, the frozen reference policy), its output the K weights.
@@ -119,12 +102,7 @@ def export(module, out: Path, reference: bool = True, preference: list[float] | 
                "features": "mean over prompt tokens of reference/'s last hidden states"}
     meta = {
         "objectives": names,
-        "tag_format": "<{objective}:{value:.2f}>",
-        "tag_resolution": conditioner.resolution,
-        "tag_position": "after the prompt, before the response",
-        "tag_input": "token ids (tokenizer.convert_tokens_to_ids); typed tag text encodes as text" if tags_by_id_only
-        else "special tokens: typed tag text becomes tag ids (strip <name:value> from user text)",
-        "example_tags": example,
+        **conditioner.export_fields(example, tags_by_id_only),  # how to write a preference
         "conditioning": conditioner.name,
         "merged_preference": None if merged_at is None else conditioner.quantize(merged_at[None])[0].tolist(),
         "reference_point": module.reference_point,
@@ -132,9 +110,6 @@ def export(module, out: Path, reference: bool = True, preference: list[float] | 
         "pwn": pwn,
         "reference": "reference/" if reference else None,
     }
-    if getattr(conditioner, "plain_text", False):  # conditioning=text: w is ordinary text in the request, no tag token
-        meta |= {"tag_format": None, "tag_input": "plain text, typed into the request", "example_tags": None,
-                 "tag_position": conditioner.position, "preference_text": example}
     (out / "meal.json").write_text(json.dumps(meta, indent=2))
     if merged_at is None:
         merged = "The preference is read from the tags only."
@@ -142,10 +117,7 @@ def export(module, out: Path, reference: bool = True, preference: list[float] | 
         tags = conditioner.format(merged_at[None])[0]
         merged = (f"The network is merged at the preference {tags}: it acts as the trained policy there; give "
                   "these tags after the prompt.")
-    usage = USAGE.format(example=example, backend=conditioner.name, merged=merged)
-    if getattr(conditioner, "plain_text", False):
-        usage = USAGE_TEXT.format(example=json.dumps(example), position=conditioner.position)
-    (out / "MEAL_README.md").write_text(usage)
+    (out / "MEAL_README.md").write_text(USAGE.format(preference=conditioner.export_usage(example, merged)))
     if reference:
         reference_model(module).save_pretrained(str(out / "reference"))
     return out

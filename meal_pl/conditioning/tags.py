@@ -120,6 +120,29 @@ class TextTagConditioner:
     def merge_into(self, model: PreTrainedModel, weights: Tensor) -> None:
         """Backend part of merge; `weights` (K,) already quantised. Tags: nothing to merge."""
 
+    def export_fields(self, example: str, typed_tags_are_text: bool) -> dict:
+        """What an export's meal.json says about writing a preference (`example`: the uniform one, formatted)."""
+        return {
+            "tag_format": "<{objective}:{value:.2f}>",
+            "tag_resolution": self.resolution,
+            "tag_position": "after the prompt, before the response",
+            "tag_input": "token ids (tokenizer.convert_tokens_to_ids); typed tag text encodes as text"
+            if typed_tags_are_text else "special tokens: typed tag text becomes tag ids (strip <name:value> from user text)",
+            "example_tags": example,
+        }
+
+    def export_usage(self, example: str, merged: str) -> str:
+        """An export's MEAL_README.md paragraph on writing a preference (`merged`: what a merge at one w means)."""
+        return (
+            "- A preference enters as K tag tokens appended right after the prompt, one per objective in the order of\n"
+            "  `meal.json` \"objectives\", values rounded to multiples of 1/tag_resolution that sum to 1, e.g.\n"
+            f"  `{example}`. Each tag is a single token of the vocabulary: append it by id,\n"
+            "  `tokenizer.convert_tokens_to_ids([...])`. Typed into a prompt, the same text encodes as ordinary characters, so a\n"
+            "  user cannot set the preference.\n"
+            f"  Conditioning backend: `{self.name}`. {merged}\n"
+            '  Prompt format: `"\\n\\nHuman: <request>\\n\\nAssistant:"` then the tags; sample the response after them.'
+        )
+
     def weights_from_ids(self, ids: Tensor) -> Tensor:
         """The (B,K) preference written by the tags in (B,L) token ids: what `preference` must be given."""
         assert self.token_ids is not None, "call attach(tokenizer, model) first"

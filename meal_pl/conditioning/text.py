@@ -17,6 +17,7 @@ comes last and is the one read back, but the policy reads both (docs/safety.md).
 
 from __future__ import annotations
 
+import json
 import re
 
 import torch
@@ -33,7 +34,6 @@ class TextPreferenceConditioner(TextTagConditioner):
     """Preference -> a fixed-length block of ordinary tokens: `header` then `<name> <value>` per objective."""
 
     name = "text"
-    plain_text = True  # export: no tag token to document, the preference is typed into the request
 
     def __init__(self, names: list[str], resolution: int = 20, header: str = "\nPreference:") -> None:
         super().__init__(names, resolution)
@@ -78,6 +78,16 @@ class TextPreferenceConditioner(TextTagConditioner):
         if self.tail_ids is not None and len(self.tail_ids):
             return "at the end of the user's turn, before the chat template's opening of the assistant's turn"
         return "right after the prompt, before the response"
+
+    def export_fields(self, example: str, typed_tags_are_text: bool) -> dict:
+        """meal.json: no tag token; the preference is text typed into the request."""
+        return {"tag_format": None, "tag_resolution": self.resolution, "tag_position": self.position,
+                "tag_input": "plain text, typed into the request", "example_tags": None, "preference_text": example}
+
+    def export_usage(self, example: str, merged: str) -> str:
+        return (f"- Conditioning backend: `{self.name}`. A preference is written as ordinary text, {self.position}, one\n"
+                "  value per objective in the order of `meal.json` \"objectives\", multiples of 1/tag_resolution that sum\n"
+                f"  to 1, two decimals, e.g. {json.dumps(example)}.")
 
     @property
     def num_tokens(self) -> int:
