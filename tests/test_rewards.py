@@ -200,8 +200,20 @@ def test_relevance_does_not_pay_for_restating_or_repeating(relevance):
     ])
     assert parrot == pytest.approx(0.0, abs=1e-6)  # every word pair is the request's
     assert repeat < answer and parrot < answer
-    raw = RelevanceReward(copy_penalty=False, repetition_penalty=False)([prompt], ["How do I bake bread at home?"])[0]
+    raw = RelevanceReward(copy_penalty="none", repetition_penalty=False)([prompt], ["How do I bake bread at home?"])[0]
     assert raw > answer  # what the discount is for: the raw similarity pays most for parroting
+    shuffled = "home bread bake"
+    by_pairs = RelevanceReward(copy_penalty="pairs", repetition_penalty=False)([prompt], [shuffled])[0]
+    assert by_pairs > answer / 2 and relevance([prompt], [shuffled])[0] == 0.0  # pairs pay a shuffle; words do not
+
+
+def test_relevance_compares_what_the_response_adds_and_refuses_an_unknown_discount():
+    from meal_pl.rewards.relevance import RelevanceReward, without_request_words
+
+    assert without_request_words("How do I bake bread?", "Bake the bread, then let it cool.") == "the , then let it cool."
+    assert without_request_words("bake bread", "Bread bake") == ""
+    with pytest.raises(ValueError, match="copy_penalty='yes'.*words"):
+        RelevanceReward(copy_penalty="yes")
 
 
 def test_novel_and_distinct_shares_hand_computed():

@@ -7,7 +7,15 @@ import torch
 
 from meal_pl.rewards.encoder import default_model_path, shared_encoder
 
-__all__ = ["RelevanceReward", "default_model_path", "last_request", "novel_share", "distinct_bigram_share"]
+__all__ = ["RelevanceReward", "default_model_path", "last_request", "novel_share", "distinct_bigram_share", "without_request_words"]
+
+# How restating the request is kept from paying (objective.rewards.helpful.copy_penalty):
+#   words: the similarity is taken of the response with the request's words removed, so it pays only for what
+#          the response adds (measured: the request's words shuffled score 0.00 where `pairs` pays them 0.66);
+#   pairs: times the share of the response's word pairs not in the request (verbatim restating pays 0; the same
+#          words in another order pay in full): the default until the shuffled copy was measured;
+#   none:  the raw similarity.
+COPY_PENALTIES = ("words", "pairs", "none")
 
 # Preference tags such as `<helpful:0.70>` (meal-pl) or `<rm1_score> 0.5` (RiC) are conditioning, not
 # part of the request, and must not move the similarity.
@@ -43,6 +51,13 @@ def novel_share(request: str, response: str, n: int = 2) -> float:
     return sum(g not in seen for g in grams) / len(grams)
 
 
+def without_request_words(request: str, response: str) -> str:
+    """The response with every word of the request removed (case-insensitive): what it adds to the request."""
+    seen = set(_words(request))
+    kept = _WORD.sub(lambda m: "" if m.group(0).lower() in seen else m.group(0), response)
+    return " ".join(kept.split())
+
+
 def distinct_bigram_share(response: str) -> float:
     """Distinct word pairs / word pairs: about 1 for prose of any length (words recur, pairs rarely do), low for
     a loop ("I'm I'm I'm I'm": 2 of 7); 0.0 for an empty response."""
@@ -51,8 +66,8 @@ def distinct_bigram_share(response: str) -> float:
 
 
 class RelevanceReward:
-    """cos(e(request), e(response)) of mean-pooled MiniLM embeddings, times the share of the response's word pairs
-    not copied from the request and its share of distinct word pairs (each factor switchable).
+    """cos(e(request), e(response without the request's words)) of mean-pooled MiniLM embeddings, times the response's
+    share of distinct word pairs (both discounts switchable: `copy_penalty`, `repetition_penalty`).
 
     A cheap, offline stand-in for a helpfulness reward model: an answer about the asked topic scores higher than
     an off-topic one. The raw similarity pays most for restating the question (SmolLM2 drifted into repeating it,
@@ -60,7 +75,9 @@ class RelevanceReward:
     """
 
     def __init__(self, model_path: str | None = None, max_length: int = 128, batch_size: int = 64,
-                 copy_penalty: bool = True, repetition_penalty: bool = True, encoder_dtype: str = "float32") -> None:
+                 copy_penalty: str = "words", repetition_penalty: bool = True, encoder_dtype: str = "float32") -> None:
+        if copy_penalty not in COPY_PENALTIES:
+            raise ValueError(f"objective.rewards.helpful.copy_penalty={copy_penalty!r}; choose one of {COPY_PENALTIES}")
         # The encoder resolves its path now (a missing model fails at config time) and loads weights on first use.
         self.encoder = shared_encoder(model_path, max_length, batch_size, encoder_dtype)
         self.copy_penalty, self.repetition_penalty = copy_penalty, repetition_penalty
@@ -73,11 +90,16 @@ class RelevanceReward:
         if not completions:
             return []
         requests = [last_request(p) for p in prompts]
-        emb = self.embed(requests + list(completions))  # one call: the harm reward model asks for the same texts
-        cos = (emb[: len(requests)] * emb[len(requests) :]).sum(-1).tolist()
+        n, words = len(requests), self.copy_penalty == "words"
+        compared = [without_request_words(r, c) for r, c in zip(requests, completions, strict=True)] if words else completions
+        # One call, the completions included: the harm reward model asks for the same texts and finds them cached.
+        emb = self.embed(requests + list(completions) + (list(compared) if words else []))
+        cos = (emb[:n] * (emb[2 * n :] if words else emb[n : 2 * n])).sum(-1).tolist()
         scores = []
-        for c, req, comp in zip(cos, requests, completions, strict=True):
-            factor = novel_share(req, comp) if self.copy_penalty else 1.0
+        for c, req, comp, rest in zip(cos, requests, completions, compared, strict=True):
+            if words and not _words(rest):  # nothing but the request's words; an empty text would still embed
+                c = 0.0
+            factor = novel_share(req, comp) if self.copy_penalty == "pairs" else 1.0
             factor *= distinct_bigram_share(comp) if self.repetition_penalty else 1.0
             scores.append(c * factor if c > 0 else c)  # a discount must never raise an off-topic score
         return scores
