@@ -212,6 +212,10 @@ def test_relevance_compares_what_the_response_adds_and_refuses_an_unknown_discou
 
     assert without_request_words("How do I bake bread?", "Bake the bread, then let it cool.") == "the , then let it cool."
     assert without_request_words("bake bread", "Bread bake") == ""
+    assert without_request_words("How do I bake bread?", "I do not know") == "I do not know"  # no content word copied
+    prompt = "\n\nHuman: How do I bake bread?\n\nAssistant:"
+    assert RelevanceReward()([prompt], ["Bake bread? How do you bake bread, I wonder."])[0] > 0  # 'wonder' is added
+    assert RelevanceReward()([prompt], ["You can bake bread how you do"])[0] == 0.0  # only function words added
     with pytest.raises(ValueError, match="copy_penalty='yes'.*words"):
         RelevanceReward(copy_penalty="yes")
 
