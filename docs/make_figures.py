@@ -25,17 +25,24 @@ from meal_pl.pareto import plot_front  # noqa: E402
 DATA, IMAGES = ROOT / "docs" / "data", ROOT / "docs" / "images"
 
 
-def bench_fronts(source: Path, out: Path) -> None:
+def load_bench(sources: list[Path]) -> dict:
+    """The first bench.json, with the methods that ran (no error row) of every one: benches of one objective, seeds and
+    settings run as method subsets side by side."""
+    benches = [json.loads(source.read_text()) for source in sources]
+    return benches[0] | {"methods": [r for b in benches for r in b["methods"] if not r.get("error")]}
+
+
+def bench_fronts(sources: list[Path], out: Path) -> None:
     """Every method's mean front over seeds, with each PWN's own point (the bench's own figure, framed on the fronts)."""
-    bench = json.loads(source.read_text())
+    bench = load_bench(sources)
     K = len(bench["objectives"])
     plot_bench(bench["methods"], bench["objectives"], bench["reference_point"],
                bench["max_hypervolume"] is not None and K == 2, out, zoom=True)
 
 
-def bench_steerability(source: Path, out: Path) -> None:
+def bench_steerability(sources: list[Path], out: Path) -> None:
     """Steerability per method and objective (seed means): does the requested w move each reward?"""
-    bench = json.loads(source.read_text())
+    bench = load_bench(sources)
     rows = [r for r in bench["methods"] if r.get("steerability")]
     names = bench["objectives"]
     fig = Figure(figsize=(7.5, 3.8), layout="constrained")
@@ -54,9 +61,9 @@ def bench_steerability(source: Path, out: Path) -> None:
     fig.savefig(out, format="png", dpi=100)
 
 
-def run_front(source: Path, out: Path) -> None:
+def run_front(sources: list[Path], out: Path) -> None:
     """A run's final front with the initial one and the PWN's own point, overall and per prompt group."""
-    report = json.loads(source.read_text())
+    report = json.loads(sources[0].read_text())
     weights = torch.tensor([p["preference"] for p in report["points"]])
     rewards = torch.tensor([p["rewards"] for p in report["points"]])
     choice = {"rewards": torch.tensor(report["pwn_choice"]["rewards"])}
@@ -64,24 +71,27 @@ def run_front(source: Path, out: Path) -> None:
     plot_front(weights, rewards, report["objective_names"], report["reference_point"], out, extra)
 
 
-# image -> (maker, source JSON, the command that wrote the JSON)
+# The quick bench on helpful_harmless ran as two method subsets side by side (docs/results.md); the figures join them.
+_HH_BENCH = ["bench_helpful_harmless_quick.json", "bench_helpful_harmless_quick_frozen_trl.json"]
+_HH_COMMAND = ("python -m meal_pl.bench objective=helpful_harmless bench.quick=true "
+               "(and 'bench.methods=[meal_frozen,trl_grpo]')")
+# image -> (maker, source JSONs, the command that wrote them)
 FIGURES = {
-    "bench_helpful_harmless_quick.png": (bench_fronts, "bench_helpful_harmless_quick.json",
-                                         "python -m meal_pl.bench objective=helpful_harmless bench.quick=true"),
-    "steerability_helpful_harmless_quick.png": (bench_steerability, "bench_helpful_harmless_quick.json",
-                                                "python -m meal_pl.bench objective=helpful_harmless bench.quick=true"),
-    "default_run_front.png": (run_front, "default_run_seed0_pareto.json", "python -m meal_pl.train seed=0"),
+    "bench_helpful_harmless_quick.png": (bench_fronts, _HH_BENCH, _HH_COMMAND),
+    "steerability_helpful_harmless_quick.png": (bench_steerability, _HH_BENCH, _HH_COMMAND),
+    "default_run_front.png": (run_front, ["default_run_seed0_pareto.json"], "python -m meal_pl.train seed=0"),
 }
 
 
 def main() -> None:
     IMAGES.mkdir(parents=True, exist_ok=True)
-    for image, (make, source, command) in FIGURES.items():
-        if not (DATA / source).is_file():
-            print(f"skip {image}: no docs/data/{source} (from `{command}`)")
+    for image, (make, sources, command) in FIGURES.items():
+        missing = [s for s in sources if not (DATA / s).is_file()]
+        if missing:
+            print(f"skip {image}: no docs/data/{missing[0]} (from `{command}`)")
             continue
-        make(DATA / source, IMAGES / image)
-        print(f"wrote docs/images/{image} from docs/data/{source} ({command})")
+        make([DATA / s for s in sources], IMAGES / image)
+        print(f"wrote docs/images/{image} from docs/data/{', '.join(sources)} ({command})")
 
 
 if __name__ == "__main__":
