@@ -52,8 +52,8 @@ def novel_share(request: str, response: str, n: int = 2) -> float:
 
 
 # Function words say nothing of a topic: a response keeps them (an answer's "I" or "the" is not a copy), and one left
-# with nothing else adds nothing. Keeping them also leaves most responses that copy no content word unchanged, whose
-# embedding the shared encoder then has already (measured on the tiny policy: the stripped pass cost 1.3x its run).
+# with nothing else adds nothing. Keeping them also leaves a response that copies no content word unchanged, so its
+# embedding comes from the shared encoder's cache (the tiny policy's salad mostly; real answers need the extra pass).
 FUNCTION_WORDS = frozenset(
     "a about after all also an and any are as at be because been before but by can could did do does doing don for "
     "from had has have having he her here him his how i if in into is it its just me more most my no nor not now of "
@@ -83,7 +83,7 @@ def distinct_bigram_share(response: str) -> float:
 
 
 class RelevanceReward:
-    """cos(e(request), e(response without the request's words)) of mean-pooled MiniLM embeddings, times the response's
+    """cos(e(request), e(response without the request's content words)) of mean-pooled MiniLM embeddings, times the response's
     share of distinct word pairs (both discounts switchable: `copy_penalty`, `repetition_penalty`).
 
     A cheap, offline stand-in for a helpfulness reward model: an answer about the asked topic scores higher than
