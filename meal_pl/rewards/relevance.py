@@ -107,11 +107,12 @@ class RelevanceReward:
         if not completions:
             return []
         requests = [last_request(p) for p in prompts]
-        n, words = len(requests), self.copy_penalty == "words"
-        compared = [without_request_words(r, c) for r, c in zip(requests, completions, strict=True)] if words else completions
-        # One call, the completions included: the harm reward model asks for the same texts and finds them cached.
-        emb = self.embed(requests + list(completions) + (list(compared) if words else []))
-        cos = (emb[:n] * (emb[2 * n :] if words else emb[n : 2 * n])).sum(-1).tolist()
+        words = self.copy_penalty == "words"
+        compared = [without_request_words(r, c) for r, c in zip(requests, completions, strict=True)] if words else list(completions)
+        # One call, the completions included: the harm reward model asks for the same texts and finds them cached (a
+        # text twice in the call, a completion compared as it is, is encoded once).
+        emb = self.embed(requests + list(completions) + compared)
+        cos = (emb[: len(requests)] * emb[-len(compared) :]).sum(-1).tolist()
         scores = []
         for c, req, comp, rest in zip(cos, requests, completions, compared, strict=True):
             if words and not content_words(rest):  # the request's words and function words: nothing added
