@@ -73,9 +73,10 @@ def run_front(sources: list[Path], out: Path) -> None:
 
 # The quick bench on helpful_harmless ran as method subsets side by side (docs/results.md); the figures join them.
 _HH_BENCH = ["bench_helpful_harmless_quick.json", "bench_helpful_harmless_quick_frozen_trl.json",
-             "bench_helpful_harmless_quick_second_order.json", "bench_helpful_harmless_quick_first_order.json"]
+             "bench_helpful_harmless_quick_second_order.json", "bench_helpful_harmless_quick_first_order.json",
+             "bench_helpful_harmless_quick_alternating.json"]
 _HH_COMMAND = ("python -m meal_pl.bench objective=helpful_harmless bench.quick=true "
-               "(and 'bench.methods=[meal_frozen,trl_grpo]', [meal_second_order], [meal_first_order])")
+               "(and 'bench.methods=[meal_frozen,trl_grpo]', [meal_second_order], [meal_first_order], [meal_alternating])")
 # image -> (maker, source JSONs, the command that wrote them)
 FIGURES = {
     "bench_helpful_harmless_quick.png": (bench_fronts, _HH_BENCH, _HH_COMMAND),
