@@ -26,6 +26,8 @@ class EvaluateArgs:
     num_points: int | None = None  # preference grid size; null: the objective's grid_points
     device: str = "cpu"
     judge: str | None = None  # OBJECTIVE=DIR: score that objective with another reward model (e.g. harmless=rm/)
+    seed: int | None = None  # sampling seed; null: the run's algorithm.eval_seed. Another seed redraws every answer:
+    #                          how far the front and the PWN's point move is the evaluation's own sampling noise
 
 
 def evaluate(module, prompts: list[str], num_points: int, groups: list[str | None] | None = None
@@ -73,10 +75,12 @@ def main(argv: list[str]) -> None:
     out = Path(args.out) if args.out else run / "evaluate" / (ckpt.stem + ("_judged" if judge else ""))
     module, datamodule, cfg = load_run(args.ckpt_path, args.device, judge)
     precision = use_run_precision(module, cfg, module.device)  # the run's own evaluation: bf16 where it trained so
+    if args.seed is not None:
+        module.eval_seed = args.seed
     prompts = datamodule.eval_prompts(args.num_prompts)
     weights, rewards, report = evaluate(module, prompts, args.num_points or module.grid_points,
                                         datamodule.eval_groups(args.num_prompts))
-    report |= {"ckpt_path": str(ckpt), "precision": precision, "judge": judge}
+    report |= {"ckpt_path": str(ckpt), "precision": precision, "judge": judge, "eval_seed": module.eval_seed}
     out.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(out / "pareto.json", report)
     choice = {"rewards": torch.tensor(report["pwn_choice"]["rewards"])}

@@ -46,6 +46,15 @@ def test_evaluate_reproduces_the_training_front(run_dir, tmp_path, capsys):
     assert (tmp_path / "pareto.png").stat().st_size > 1000 and "hypervolume" in out and "90% interval" in out
 
 
+def test_evaluate_under_another_seed_redraws_the_answers(run_dir, tmp_path):
+    evaluate.main([f"ckpt_path={run_dir}", "num_prompts=4", f"out={tmp_path / 'own'}"])
+    evaluate.main([f"ckpt_path={run_dir}", "num_prompts=4", "seed=7", f"out={tmp_path / 'other'}"])
+    own, other = (json.loads((tmp_path / d / "pareto.json").read_text()) for d in ("own", "other"))
+    assert own["eval_seed"] != other["eval_seed"] == 7
+    assert [p["rewards"] for p in own["points"]] != [p["rewards"] for p in other["points"]]
+    assert own["pwn_choice"]["weights"] == pytest.approx(other["pwn_choice"]["weights"])  # the PWN reads the prompts only
+
+
 def test_evaluate_answers_in_the_precision_the_run_trained_in(tmp_path_factory, tmp_path, capsys):
     """A bf16 run's checkpoint evaluated in float32 gives another front than the run's own; evaluate takes the run's."""
     run = tmp_path_factory.mktemp("bf16_run")
