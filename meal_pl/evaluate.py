@@ -1,6 +1,7 @@
 """Evaluate a checkpoint's Pareto front on the run's held-out prompts: pareto.json and pareto.png.
 
     python -m meal_pl.evaluate ckpt_path=RUN/checkpoints/last.ckpt [out=DIR] [num_prompts=32] [num_points=11]
+    python -m meal_pl.evaluate ckpt_path=RUN draws=5     # each prompt answered 5 times per preference (the run's eval_seed and the next 4)
 """
 
 from __future__ import annotations
@@ -26,19 +27,34 @@ class EvaluateArgs:
     num_points: int | None = None  # preference grid size; null: the objective's grid_points
     device: str = "cpu"
     judge: str | None = None  # OBJECTIVE=DIR: score that objective with another reward model (e.g. harmless=rm/)
-    seed: int | None = None  # sampling seed; null: the run's algorithm.eval_seed. Another seed redraws every answer:
-    #                          how far the front and the PWN's point move is the evaluation's own sampling noise
+    seed: int | None = None  # sampling seed; null: the run's algorithm.eval_seed (another seed redraws every answer)
+    draws: int = 1  # answers per prompt and preference, under seeds seed, seed+1, ...; each prompt's rewards averaged
 
 
-def evaluate(module, prompts: list[str], num_points: int, groups: list[str | None] | None = None
+def answer_draws(module, prompts: list[str], weights: torch.Tensor, draws: int) -> tuple[torch.Tensor, ...]:
+    """(grid rewards (M,P,K), PWN weights (P,K), PWN rewards (P,K)), each prompt's rewards averaged over `draws`
+    answers sampled under seeds eval_seed, eval_seed + 1, ...: the bootstrap over prompts then sees less sampling noise."""
+    first_seed, fronts, choices = module.eval_seed, [], []
+    try:
+        for draw in range(draws):
+            module.eval_seed = first_seed + draw
+            with torch.no_grad():
+                fronts.append(module.evaluate_front_per_prompt(prompts, weights.to(module.device)).float().cpu())
+                pwn_weights, pwn_rewards = module.evaluate_pwn_choice_per_prompt(prompts)
+            choices.append(pwn_rewards)
+    finally:
+        module.eval_seed = first_seed
+    return torch.stack(fronts).nanmean(0), pwn_weights, torch.stack(choices).nanmean(0)
+
+
+def evaluate(module, prompts: list[str], num_points: int, groups: list[str | None] | None = None, draws: int = 1
              ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(grid weights, mean raw rewards, report): the same measurement as training's final evaluation, the PWN's own
-    per-prompt choice (`preference=auto`) and the hypervolume it adds to the grid's front included, per group too."""
+    per-prompt choice (`preference=auto`) and the hypervolume it adds to the grid's front included, per group too;
+    with draws > 1, every prompt answered `draws` times per preference (answer_draws)."""
     names = module.objective_names
     weights = simplex_grid(len(names), num_points)
-    with torch.no_grad():
-        per_prompt = module.evaluate_front_per_prompt(prompts, weights.to(module.device)).float().cpu()  # (M,P,K)
-        pwn_weights, pwn_rewards = module.evaluate_pwn_choice_per_prompt(prompts)  # (P,K) each
+    per_prompt, pwn_weights, pwn_rewards = answer_draws(module, prompts, weights, draws)
     rewards = per_prompt.nanmean(1)
     report = front_report(weights, rewards, names, module.reference_point, per_prompt)
     choice = pwn_rewards.nanmean(0)
@@ -68,8 +84,9 @@ def parse_judge(judge: str | None) -> dict[str, str]:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv, EvaluateArgs(), required=("ckpt_path",))
-    if args.num_prompts < 1 or (args.num_points is not None and args.num_points < 2):
-        raise ValueError(f"num_prompts={args.num_prompts} must be >= 1 and num_points={args.num_points} >= 2")
+    if args.num_prompts < 1 or (args.num_points is not None and args.num_points < 2) or args.draws < 1:
+        raise ValueError(f"num_prompts={args.num_prompts} and draws={args.draws} must be >= 1 and "
+                         f"num_points={args.num_points} >= 2")
     judge = parse_judge(args.judge)
     ckpt, run = find_checkpoint(args.ckpt_path)
     out = Path(args.out) if args.out else run / "evaluate" / (ckpt.stem + ("_judged" if judge else ""))
@@ -79,15 +96,16 @@ def main(argv: list[str]) -> None:
         module.eval_seed = args.seed
     prompts = datamodule.eval_prompts(args.num_prompts)
     weights, rewards, report = evaluate(module, prompts, args.num_points or module.grid_points,
-                                        datamodule.eval_groups(args.num_prompts))
-    report |= {"ckpt_path": str(ckpt), "precision": precision, "judge": judge, "eval_seed": module.eval_seed}
+                                        datamodule.eval_groups(args.num_prompts), args.draws)
+    report |= {"ckpt_path": str(ckpt), "precision": precision, "judge": judge, "eval_seed": module.eval_seed,
+               "draws": args.draws}
     out.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(out / "pareto.json", report)
     choice = {"rewards": torch.tensor(report["pwn_choice"]["rewards"])}
     extra = _choice_points(choice, report["groups"])
     plot_front(weights, rewards, module.objective_names, module.reference_point, out / "pareto.png", extra)
     ratio = f" ({report['hypervolume_ratio']:.3f} of the analytic maximum)" if report["hypervolume_ratio"] else ""
-    print(f"hypervolume {report['hypervolume']:.4f}{ratio} on {len(prompts)} prompts; the PWN's own choice adds "
+    print(f"hypervolume {report['hypervolume']:.4f}{ratio} on {len(prompts)} prompts x {args.draws} draw(s); the PWN's own choice adds "
           f"{report['pwn_choice']['hypervolume_gain']:.4f}; steerability {steerability_text(report)}; "
           f"wrote {out / 'pareto.json'} and pareto.png")
 

@@ -55,6 +55,20 @@ def test_evaluate_under_another_seed_redraws_the_answers(run_dir, tmp_path):
     assert own["pwn_choice"]["weights"] == pytest.approx(other["pwn_choice"]["weights"])  # the PWN reads the prompts only
 
 
+def test_evaluate_with_draws_averages_each_prompts_answers_over_consecutive_seeds(run_dir, tmp_path):
+    for name, args in {"seed7": ["seed=7"], "seed8": ["seed=8"], "both": ["seed=7", "draws=2"]}.items():
+        evaluate.main([f"ckpt_path={run_dir}", "num_prompts=4", f"out={tmp_path / name}", *args])
+    seed7, seed8, both = (json.loads((tmp_path / d / "pareto.json").read_text()) for d in ("seed7", "seed8", "both"))
+    rewards = {name: torch.tensor([p["rewards"] for p in r["points"]]) for name, r in
+               {"seed7": seed7, "seed8": seed8, "both": both}.items()}
+    torch.testing.assert_close(rewards["both"], (rewards["seed7"] + rewards["seed8"]) / 2)
+    torch.testing.assert_close(torch.tensor(both["pwn_choice"]["rewards"]),
+                               (torch.tensor(seed7["pwn_choice"]["rewards"]) + torch.tensor(seed8["pwn_choice"]["rewards"])) / 2)
+    assert both["draws"] == 2 and both["eval_seed"] == 7  # the first seed is restored after the draws
+    with pytest.raises(ValueError, match="draws=0"):
+        evaluate.main([f"ckpt_path={run_dir}", "draws=0"])
+
+
 def test_evaluate_answers_in_the_precision_the_run_trained_in(tmp_path_factory, tmp_path, capsys):
     """A bf16 run's checkpoint evaluated in float32 gives another front than the run's own; evaluate takes the run's."""
     run = tmp_path_factory.mktemp("bf16_run")
