@@ -37,10 +37,9 @@ def answer_draws(module, prompts: list[str], weights: torch.Tensor, draws: int) 
     first_seed, fronts, choices = module.eval_seed, [], []
     try:
         for draw in range(draws):
-            module.eval_seed = first_seed + draw
-            with torch.no_grad():
-                fronts.append(module.evaluate_front_per_prompt(prompts, weights.to(module.device)).float().cpu())
-                pwn_weights, pwn_rewards = module.evaluate_pwn_choice_per_prompt(prompts)
+            module.eval_seed = first_seed + draw  # both calls below run under no_grad (meal_pl/evaluation.py)
+            fronts.append(module.evaluate_front_per_prompt(prompts, weights.to(module.device)).float().cpu())
+            pwn_weights, pwn_rewards = module.evaluate_pwn_choice_per_prompt(prompts)
             choices.append(pwn_rewards)
     finally:
         module.eval_seed = first_seed
