@@ -14,6 +14,7 @@ import torch
 import meal_pl  # noqa: F401  (offline default before transformers is imported)
 from meal_pl.callbacks.pareto_eval import _choice_points, _ratio, _write_json_atomic
 from meal_pl.callbacks.summary import steerability_text
+from meal_pl.evaluation import front_over_draws, pwn_choice_over_draws
 from meal_pl.pareto import front_report, hypervolume_gain, per_group_summary, plot_front, simplex_grid
 from meal_pl.precision import use_run_precision
 from meal_pl.restore import find_checkpoint, load_run, parse_args, run_cli
@@ -33,17 +34,10 @@ class EvaluateArgs:
 
 def answer_draws(module, prompts: list[str], weights: torch.Tensor, draws: int) -> tuple[torch.Tensor, ...]:
     """(grid rewards (M,P,K), PWN weights (P,K), PWN rewards (P,K)), each prompt's rewards averaged over `draws`
-    answers sampled under seeds eval_seed, eval_seed + 1, ...: the bootstrap over prompts then sees less sampling noise."""
-    first_seed, fronts, choices = module.eval_seed, [], []
-    try:
-        for draw in range(draws):
-            module.eval_seed = first_seed + draw  # both calls below run under no_grad (meal_pl/evaluation.py)
-            fronts.append(module.evaluate_front_per_prompt(prompts, weights.to(module.device)).float().cpu())
-            pwn_weights, pwn_rewards = module.evaluate_pwn_choice_per_prompt(prompts)
-            choices.append(pwn_rewards)
-    finally:
-        module.eval_seed = first_seed
-    return torch.stack(fronts).nanmean(0), pwn_weights, torch.stack(choices).nanmean(0)
+    answers sampled under seeds eval_seed, eval_seed + 1, ... (meal_pl/evaluation.py; both run under no_grad)."""
+    per_prompt = front_over_draws(module, prompts, weights.to(module.device), draws).float().cpu()
+    pwn_weights, pwn_rewards = pwn_choice_over_draws(module, prompts, draws)
+    return per_prompt, pwn_weights, pwn_rewards
 
 
 def evaluate(module, prompts: list[str], num_points: int, groups: list[str | None] | None = None, draws: int = 1

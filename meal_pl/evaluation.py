@@ -63,3 +63,32 @@ class FrontEvaluation:
         """The preference the PWN picks by itself (mean over prompts) and the mean raw reward it reaches."""
         weights, raw = self.evaluate_pwn_choice_per_prompt(prompts)
         return weights.mean(0), raw.nanmean(0)
+
+
+def front_over_draws(module, prompts: list[str], weights: Tensor, draws: int = 1) -> Tensor:
+    """Raw rewards (M,P,K) at the preferences `weights` (M,K), each prompt's averaged over `draws` answers sampled
+    under the seeds eval_seed, eval_seed + 1, ... (one draw: `evaluate_front_per_prompt` itself): the bootstrap over
+    prompts then sees less sampling noise."""
+    if draws == 1:
+        return module.evaluate_front_per_prompt(prompts, weights)
+    runs = [_under_seed(module, d, module.evaluate_front_per_prompt, prompts, weights).float().cpu() for d in range(draws)]
+    return torch.stack(runs).nanmean(0)
+
+
+def pwn_choice_over_draws(module, prompts: list[str], draws: int = 1) -> tuple[Tensor, Tensor]:
+    """(the PWN's weights (P,K), raw rewards (P,K)) under its own preference, each prompt's rewards averaged over
+    `draws` answers as in front_over_draws (the weights read the prompt alone: the same at every draw)."""
+    if draws == 1:
+        return module.evaluate_pwn_choice_per_prompt(prompts)
+    runs = [_under_seed(module, d, module.evaluate_pwn_choice_per_prompt, prompts) for d in range(draws)]
+    return runs[0][0], torch.stack([rewards for _, rewards in runs]).nanmean(0)
+
+
+def _under_seed(module, offset: int, fn, *args):
+    """fn(*args) with the module's evaluation seed moved by `offset`, restored afterwards."""
+    first = module.eval_seed
+    module.eval_seed = first + offset
+    try:
+        return fn(*args)
+    finally:
+        module.eval_seed = first

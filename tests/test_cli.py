@@ -69,6 +69,25 @@ def test_evaluate_with_draws_averages_each_prompts_answers_over_consecutive_seed
         evaluate.main([f"ckpt_path={run_dir}", "draws=0"])
 
 
+def test_a_run_with_draws_reports_what_evaluate_with_draws_measures(tmp_path_factory, tmp_path):
+    """callbacks.pareto_eval.draws=2: the run's own final front is each prompt's rewards averaged over two answers,
+    the front `evaluate draws=2` measures on its checkpoint, not the one-draw front."""
+    run = tmp_path_factory.mktemp("draws_run")
+    overrides = TINY + ["objective=synthetic", "conditioning=tags", "model.lora.r=4", "logger=none", "trainer.max_steps=2",
+                        "callbacks.pareto_eval.every_n_steps=100", "callbacks.pareto_eval.draws=2"]
+    train(compose_train(overrides, run))
+    for name, draws in {"two": 2, "one": 1}.items():
+        evaluate.main([f"ckpt_path={run}", "num_prompts=4", f"draws={draws}", f"out={tmp_path / name}"])
+    trained, two, one = (json.loads(p.read_text()) for p in
+                         (run / "pareto.json", tmp_path / "two" / "pareto.json", tmp_path / "one" / "pareto.json"))
+    assert trained["draws"] == 2
+    points = {name: torch.tensor([p["rewards"] for p in r["points"]]) for name, r in
+              {"trained": trained, "two": two, "one": one}.items()}
+    torch.testing.assert_close(points["trained"], points["two"])
+    torch.testing.assert_close(torch.tensor(trained["pwn_choice"]["rewards"]), torch.tensor(two["pwn_choice"]["rewards"]))
+    assert not torch.allclose(points["trained"], points["one"])
+
+
 def test_evaluate_answers_in_the_precision_the_run_trained_in(tmp_path_factory, tmp_path, capsys):
     """A bf16 run's checkpoint evaluated in float32 gives another front than the run's own; evaluate takes the run's."""
     run = tmp_path_factory.mktemp("bf16_run")

@@ -108,6 +108,7 @@ def test_pareto_callback_logs_and_writes(tmp_path):
     assert report["hypervolume_ratio"] == pytest.approx(report["hypervolume"] / 0.5)
     assert report["steerable"] is True
     assert report["pwn_choice"]["weights"] == pytest.approx([0.6, 0.4])
+    assert report["draws"] == 1
     assert callback.final_report == report
     assert trainer.callback_metrics["pareto/hypervolume"].item() == pytest.approx(report["hypervolume"])
 
@@ -198,3 +199,13 @@ def test_the_final_tensorboard_front_marks_the_pwn_point_only_where_a_pwn_exists
     choice = callback.final_report["pwn_choice"]
     assert choice["hypervolume_gain"] == 0.0  # FakeModule's choice (0.6, 0.4) x scale lies on its front's line
     assert callback.final_report["has_pwn"] is learnable
+
+
+def test_draws_are_checked_at_construction_and_need_per_prompt_answers(tmp_path):
+    with pytest.raises(ValueError, match=r"callbacks.pareto_eval.draws=0 must be >= 1"):
+        ParetoEvalCallback(draws=0)
+    callback = ParetoEvalCallback(num_prompts=4, draws=2)
+    module = FakeModule()  # answers the mean over prompts only: nothing to average per prompt
+    trainer = SimpleNamespace(global_step=0, datamodule=None)
+    with pytest.raises(ValueError, match=r"draws=2 needs a module that answers per prompt"):
+        callback._evaluate(trainer, module)

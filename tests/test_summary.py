@@ -25,6 +25,9 @@ def test_summary_shows_the_steerability_interval_when_the_report_has_one():
     both = summary_lines(120, 1.0, REPORT | {"steerability_interval": {"a": [-0.1, 0.9], "b": [0.05, 0.4]}},
                          "/tmp/run", pwn=False)
     assert any("a=0.50 [-0.10, +0.90], b=0.25 [+0.05, +0.40] (90% interval" in line for line in both)
+    assert not any("answers per prompt" in line for line in both)  # one draw, the default: nothing to say
+    drawn = summary_lines(120, 1.0, REPORT | {"draws": 5}, "/tmp/run", pwn=False)
+    assert any(line.split()[0] == "steerability" and line.endswith("; 5 answers per prompt and preference") for line in drawn)
 
 
 def test_summary_warns_when_the_policy_repeats_itself():

@@ -17,6 +17,11 @@ The PWN's own choice (`preference=auto`): with `evaluate_pwn_choice_per_prompt(p
 and the hypervolume that this adaptive point adds to the static grid's front (0 when a grid preference dominates
 it) go to pareto.json (`pwn_choice`), pareto.png, the summary and TensorBoard (`pareto/pwn_choice/*`, at every
 evaluation of a module with a learned PWN).
+
+Answers are sampled with the module's fixed evaluation seed, one per prompt and preference; one draw moves a
+steerability by up to 0.7 (docs/results.md). `draws` > 1 answers every prompt that many times per preference (seeds
+eval_seed, eval_seed + 1, ...) at each evaluation and averages each prompt's rewards, at `draws` times the cost: what
+`python -m meal_pl.evaluate draws=N` does to a checkpoint, done by the run itself.
 """
 
 import json
@@ -31,6 +36,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from meal_pl.callbacks.summary import has_pwn
+from meal_pl.evaluation import front_over_draws, pwn_choice_over_draws
 from meal_pl.pareto import (
     front_report,
     group_names,
@@ -50,9 +56,14 @@ class ParetoEvalCallback(pl.Callback):
         num_points: int | None = None,
         num_prompts: int = 32,
         filename: str = "pareto",
+        draws: int = 1,
     ) -> None:
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        if draws < 1:
+            raise ValueError(f"callbacks.pareto_eval.draws={draws} must be >= 1 (answers per prompt and preference at "
+                             "each evaluation)")
+        self.draws = draws  # answers per prompt and preference, each prompt's rewards averaged (evaluation.py)
         self.every_n_steps = every_n_steps
         self.num_points = num_points
         self.num_prompts = num_prompts
@@ -77,8 +88,12 @@ class ParetoEvalCallback(pl.Callback):
         num_points = self.num_points if self.num_points is not None else pl_module.grid_points
         weights = simplex_grid(len(pl_module.objective_names), num_points)
         self._per_prompt = None
+        if self.draws > 1 and not hasattr(pl_module, "evaluate_front_per_prompt"):
+            raise ValueError(f"callbacks.pareto_eval.draws={self.draws} needs a module that answers per prompt "
+                             "(evaluate_front_per_prompt); set draws=1")
         if hasattr(pl_module, "evaluate_front_per_prompt"):
-            per_prompt = _eval_mode(pl_module, pl_module.evaluate_front_per_prompt, self._prompts, weights.to(pl_module.device))
+            per_prompt = _eval_mode(pl_module, front_over_draws, pl_module, self._prompts, weights.to(pl_module.device),
+                                    self.draws)
             self._per_prompt = per_prompt.detach().float().cpu()  # (M,P,K)
             rewards = self._per_prompt.nanmean(1)
         else:
@@ -96,7 +111,7 @@ class ParetoEvalCallback(pl.Callback):
             return self._choice[1]
         prompt_weights = None  # (P,K), when the module answers per prompt
         if hasattr(pl_module, "evaluate_pwn_choice_per_prompt"):
-            prompt_weights, per_prompt = _eval_mode(pl_module, pl_module.evaluate_pwn_choice_per_prompt, self._prompts)
+            prompt_weights, per_prompt = _eval_mode(pl_module, pwn_choice_over_draws, pl_module, self._prompts, self.draws)
             prompt_weights, per_prompt = prompt_weights.detach().float().cpu(), per_prompt.detach().float().cpu()
             weights, rewards = prompt_weights.mean(0), per_prompt.nanmean(0)
         else:
@@ -236,6 +251,7 @@ class ParetoEvalCallback(pl.Callback):
                            "hypervolume_gain": choice["hypervolume_gain"]},
             "groups": groups,  # {} when the evaluation prompts name no groups
             "has_pwn": learned,
+            "draws": self.draws,  # answers per prompt and preference behind every figure above
         }
         if not trainer.is_global_zero:
             return

@@ -32,7 +32,9 @@ def summary_lines(steps: int, wall_s: float, report: dict | None, outputs: str, 
         if report.get("hypervolume_ratio") is not None:
             rows.append(("hypervolume / analytic max", f"{report['hypervolume_ratio']:.3f}"))
         if report.get("steerability"):
-            rows.append(("steerability", steerability_text(report)))
+            draws = report.get("draws", 1)
+            rows.append(("steerability", steerability_text(report) + (f"; {draws} answers per prompt and preference"
+                                                                       if draws > 1 else "")))
         choice = report.get("pwn_choice")
         if pwn and choice:
             names = report.get("objective_names") or [str(i) for i in range(len(choice["weights"]))]
