@@ -201,11 +201,13 @@ def test_the_final_tensorboard_front_marks_the_pwn_point_only_where_a_pwn_exists
     assert callback.final_report["has_pwn"] is learnable
 
 
-def test_draws_are_checked_at_construction_and_need_per_prompt_answers(tmp_path):
+def test_draws_are_checked_at_construction_and_before_the_run_starts(tmp_path):
     with pytest.raises(ValueError, match=r"callbacks.pareto_eval.draws=0 must be >= 1"):
         ParetoEvalCallback(draws=0)
-    callback = ParetoEvalCallback(num_prompts=4, draws=2)
     module = FakeModule()  # answers the mean over prompts only: nothing to average per prompt
-    trainer = SimpleNamespace(global_step=0, datamodule=None)
+    trainer = pl.Trainer(max_steps=4, logger=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                         accelerator="cpu", enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[ParetoEvalCallback(num_prompts=4, draws=2)])
     with pytest.raises(ValueError, match=r"draws=2 needs a module that answers per prompt"):
-        callback._evaluate(trainer, module)
+        trainer.fit(module)
+    assert module.eval_calls == []  # refused before any evaluation

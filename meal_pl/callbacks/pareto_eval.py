@@ -88,9 +88,6 @@ class ParetoEvalCallback(pl.Callback):
         num_points = self.num_points if self.num_points is not None else pl_module.grid_points
         weights = simplex_grid(len(pl_module.objective_names), num_points)
         self._per_prompt = None
-        if self.draws > 1 and not hasattr(pl_module, "evaluate_front_per_prompt"):
-            raise ValueError(f"callbacks.pareto_eval.draws={self.draws} needs a module that answers per prompt "
-                             "(evaluate_front_per_prompt); set draws=1")
         if hasattr(pl_module, "evaluate_front_per_prompt"):
             per_prompt = _eval_mode(pl_module, front_over_draws, pl_module, self._prompts, weights.to(pl_module.device),
                                     self.draws)
@@ -204,6 +201,13 @@ class ParetoEvalCallback(pl.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.initial_rewards = state_dict.get("initial_rewards")
         self.initial_hypervolume = state_dict.get("initial_hypervolume")
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Refuse draws the module cannot average before the warm start, not minutes into the run."""
+        per_prompt = ("evaluate_front_per_prompt", "evaluate_pwn_choice_per_prompt")
+        if self.draws > 1 and not all(hasattr(pl_module, name) for name in per_prompt):
+            raise ValueError(f"callbacks.pareto_eval.draws={self.draws} needs a module that answers per prompt "
+                             f"({' and '.join(per_prompt)}); set draws=1")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Evaluate the untrained policy: the baseline that the hypervolume gain is measured against."""
