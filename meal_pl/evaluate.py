@@ -32,22 +32,15 @@ class EvaluateArgs:
     draws: int = 1  # answers per prompt and preference, under seeds seed, seed+1, ...; each prompt's rewards averaged
 
 
-def answer_draws(module, prompts: list[str], weights: torch.Tensor, draws: int) -> tuple[torch.Tensor, ...]:
-    """(grid rewards (M,P,K), PWN weights (P,K), PWN rewards (P,K)), each prompt's rewards averaged over `draws`
-    answers sampled under seeds eval_seed, eval_seed + 1, ... (meal_pl/evaluation.py; both run under no_grad)."""
-    per_prompt = front_over_draws(module, prompts, weights.to(module.device), draws).float().cpu()
-    pwn_weights, pwn_rewards = pwn_choice_over_draws(module, prompts, draws)
-    return per_prompt, pwn_weights, pwn_rewards
-
-
 def evaluate(module, prompts: list[str], num_points: int, groups: list[str | None] | None = None, draws: int = 1
              ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(grid weights, mean raw rewards, report): the same measurement as training's final evaluation, the PWN's own
     per-prompt choice (`preference=auto`) and the hypervolume it adds to the grid's front included, per group too;
-    with draws > 1, every prompt answered `draws` times per preference (answer_draws)."""
+    with draws > 1, every prompt answered `draws` times per preference (meal_pl/evaluation.py; both under no_grad)."""
     names = module.objective_names
     weights = simplex_grid(len(names), num_points)
-    per_prompt, pwn_weights, pwn_rewards = answer_draws(module, prompts, weights, draws)
+    per_prompt = front_over_draws(module, prompts, weights.to(module.device), draws).float().cpu()  # (M,P,K)
+    pwn_weights, pwn_rewards = pwn_choice_over_draws(module, prompts, draws)  # (P,K) each
     rewards = per_prompt.nanmean(1)
     report = front_report(weights, rewards, names, module.reference_point, per_prompt)
     choice = pwn_rewards.nanmean(0)
