@@ -1,7 +1,7 @@
 """Is there anything for a prompt-dependent preference to add? Per-group static preferences against the static front.
 
     python benchmarks/group_headroom.py docs/data/default_run_seed0_pareto.json [...]
-    python benchmarks/group_headroom.py --transfer A.json B.json [C.json ...]   # choose on A, score on the others
+    python benchmarks/group_headroom.py --transfer A.json B.json [C.json ...]   # choose on each, score on the others
 
 Reads saved evaluations (a run's or `evaluate`'s pareto.json with per-group fronts: every group's mean rewards at
 every grid preference). A preference that depends on the prompt's group answers each group at its own grid point;
@@ -13,7 +13,8 @@ front is what a PWN that read only the group could add. Per file:
   Both fixed before any file is read, so neither is selected on the answers it is scored on;
 - the best of every per-group assignment of grid points (M^G of them): the most any group-dependent static
   preference adds to this front. Selected on the same answers it is scored on, so an optimistic bound; `--transfer`
-  chooses it on one evaluation and scores it on others of the same checkpoint (other sampling seeds);
+  (repeatable: one per checkpoint) chooses it on each of its evaluations of one checkpoint (other sampling seeds)
+  in turn and scores that choice on the others;
 - the control, group-blind mixing: the best point that answers the same shares of prompts at two grid points chosen
   without reading the group (the prompts split at random, in expectation). A sparse or concave static front lets any
   mixture add hypervolume; only a per-group gain above this one is the group's information at work.
@@ -35,8 +36,9 @@ from meal_pl.pareto import hypervolume_gain
 PREMISE = {"red_team": "harmless", "everyday": "helpful"}
 
 
-def group_point(fronts: dict[str, torch.Tensor], sizes: dict[str, int], choice: dict[str, int]) -> torch.Tensor:
-    """(K,) mean rewards over all prompts when each group g is answered at grid index choice[g]."""
+def group_point(fronts: dict[str, torch.Tensor], sizes: dict[str, int], choice: dict) -> torch.Tensor:
+    """(K,) mean rewards over all prompts when each group g is answered at grid index choice[g] (a slice: the
+    grid's points, one per index)."""
     total = sum(sizes[g] for g in choice)
     return sum(fronts[g][choice[g]] * (sizes[g] / total) for g in choice)
 
@@ -57,13 +59,16 @@ def load(path: Path) -> dict:
     if not groups or any(g.get("front") is None for g in groups.values()):
         raise SystemExit(f"{path}: no per-group fronts (groups.<name>.front); it needs an evaluation of grouped prompts")
     sizes = {g: int(v["num_prompts"]) for g, v in groups.items()}
-    if sum(sizes.values()) != report["num_prompts"]:
-        raise SystemExit(f"{path}: its groups hold {sum(sizes.values())} of {report['num_prompts']} prompts")
+    fronts = {g: torch.tensor(v["front"]) for g, v in groups.items()}
+    points = torch.tensor([p["rewards"] for p in report["points"]])
+    # The groups must make up the whole front (no prompt outside a group), or their points are not the front's.
+    if not torch.allclose(group_point(fronts, sizes, dict.fromkeys(fronts, slice(None))), points, atol=1e-4):
+        raise SystemExit(f"{path}: its groups' fronts, weighted by their sizes, are not its points: some prompts "
+                         "belong to no group")
     pwn = report.get("pwn_choice") or {}
     return {
         "preferences": torch.tensor([p["preference"] for p in report["points"]]),
-        "points": torch.tensor([p["rewards"] for p in report["points"]]),
-        "fronts": {g: torch.tensor(v["front"]) for g, v in groups.items()},
+        "points": points, "fronts": fronts,
         "sizes": sizes, "names": report["objective_names"], "reference": report["reference_point"],
         "pwn_gain": pwn.get("hypervolume_gain"), "draws": report.get("draws") or 1,
     }
@@ -109,6 +114,17 @@ def headroom(ev: dict, premise: dict[str, str] = PREMISE) -> dict:
     }
 
 
+def transfer_rows(paths: list[Path]) -> list[dict]:
+    """Each evaluation's best per-group choice scored on every other evaluation of the same checkpoint."""
+    evs = {p: load(p) for p in paths}
+    rows = []
+    for source, ev in evs.items():
+        choice, chosen_gain = best_choice(ev)
+        rows += [{"chosen_on": source.name, "choice": choice, "gain_where_chosen": chosen_gain, "file": p.name,
+                  "gain": gain(other, choice)} for p, other in evs.items() if p != source]
+    return rows
+
+
 def _w(w: list[float]) -> str:
     return "(" + ", ".join(f"{x:.1f}" for x in w) + ")"
 
@@ -116,15 +132,18 @@ def _w(w: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="*", type=Path, help="pareto.json files with per-group fronts")
-    parser.add_argument("--transfer", nargs="+", type=Path, default=[], help="choose on the first, score on the rest")
+    parser.add_argument("--transfer", nargs="+", type=Path, action="append", default=[],
+                        help="evaluations of one checkpoint: choose on each, score on the others (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks"))
     args = parser.parse_args()
-    if not args.files and len(args.transfer) < 2:
-        parser.error("name pareto.json files, or --transfer with at least two")
+    if not args.files and not args.transfer:
+        parser.error("name pareto.json files, or --transfer with evaluations of one checkpoint")
+    if any(len(files) < 2 for files in args.transfer):
+        parser.error("--transfer needs at least two evaluations of one checkpoint")
     from common import write_report  # here, not at import: common sets the thread count for timed benchmarks
 
     rows = [{"file": p.name, "draws": load(p)["draws"], **headroom(load(p))} for p in args.files]
-    lines = ["| evaluation | draws | PWN's point | premise: red_team harmless, everyday helpful | mirror | "
+    lines = [] if not rows else ["| evaluation | draws | PWN's point | premise: red_team harmless, everyday helpful | mirror | "
              "best per-group choice (everyday, red_team) | its gain | group-blind mixing |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -132,15 +151,12 @@ def main() -> None:
         chosen = ", ".join(_w(r["best_choice"][g]) for g in sorted(r["best_choice"]))
         lines.append(f"| {r['file']} | {r['draws']} | {pwn} | {r['premise_gain']:.4f} | {r['mirror_gain']:.4f} | "
                      f"{chosen} | {r['best_gain']:.4f} | {r['blind_gain']:.4f} |")
-    transfer = []
-    if args.transfer:
-        source = load(args.transfer[0])
-        choice, chosen_gain = best_choice(source)
-        transfer = [{"chosen_on": args.transfer[0].name, "file": p.name, "choice": choice,
-                     "gain_where_chosen": chosen_gain, "gain": gain(load(p), choice)} for p in args.transfer[1:]]
-        lines += ["", f"Chosen on {args.transfer[0].name} (grid indices {choice}, gain there {chosen_gain:.4f}):", "",
-                  "| scored on | gain |", "|---|---|"]
-        lines += [f"| {t['file']} | {t['gain']:.4f} |" for t in transfer]
+    transfer = [row for files in args.transfer for row in transfer_rows(files)]
+    if transfer:
+        header = ["| best choice chosen on | its gain there | scored on | its gain there |", "|---|---|---|---|"]
+        lines += [""] * bool(lines) + header
+        lines += [f"| {t['chosen_on']} | {t['gain_where_chosen']:.4f} | {t['file']} | {t['gain']:.4f} |"
+                  for t in transfer]
     write_report(args.out, "group_headroom", "Per-group static preferences against the static front", lines,
                  {"rows": rows, "transfer": transfer})
 

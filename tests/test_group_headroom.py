@@ -63,6 +63,19 @@ def test_files_without_group_fronts_are_refused_by_name(tmp_path):
     with pytest.raises(SystemExit, match="groups.<name>.front"):
         _load(tmp_path, report)
     report = _report(everyday=[[0.0, 1.0], [1.0, 0.9]], red_team=[[0.0, 1.0], [1.0, 0.0]])
-    report["num_prompts"] = 5
-    with pytest.raises(SystemExit, match="2 of 5 prompts"):
+    report["points"][0]["rewards"] = [0.3, 0.3]  # a front that prompts outside both groups moved
+    with pytest.raises(SystemExit, match="some prompts belong to no group"):
         _load(tmp_path, report)
+
+
+def test_transfer_scores_each_evaluations_best_choice_on_the_others(tmp_path):
+    paths = []
+    for name, red_team in (("a.json", [[0.0, 1.0], [1.0, 0.0]]), ("b.json", [[0.0, 1.0], [0.2, 0.1]])):
+        paths.append(tmp_path / name)
+        paths[-1].write_text(json.dumps(_report(everyday=[[0.0, 1.0], [1.0, 0.9]], red_team=red_team)))
+    rows = group_headroom.transfer_rows(paths)
+    assert [(r["chosen_on"], r["file"]) for r in rows] == [("a.json", "b.json"), ("b.json", "a.json")]
+    a, b = (group_headroom.load(p) for p in paths)
+    assert rows[0]["choice"] == group_headroom.best_choice(a)[0]
+    assert rows[0]["gain"] == pytest.approx(group_headroom.gain(b, rows[0]["choice"]))
+    assert rows[0]["gain_where_chosen"] == pytest.approx(group_headroom.best_choice(a)[1])
