@@ -8,13 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TINY, compose_train
 
 from meal_pl.bench import report
 from meal_pl.bench.__main__ import skip_reason
 from meal_pl.bench.plan import METHODS, per_run_steps, plan_runs
-from meal_pl.bench.runs import fit, run_linear, run_single, run_soups
-from meal_pl.bench.trl_peer import trl_available
+from meal_pl.bench.runs import eval_settings, evaluate, fit, run_linear, run_single, run_soups
+from meal_pl.bench.trl_peer import evaluate_untagged, trl_available
+from meal_pl.pareto import simplex_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 # A few steps at a high learning rate: the policy loss (NLL of the selected samples) must visibly fall.
@@ -98,6 +100,22 @@ def test_soups_interpolate_per_objective_policies(tmp_path):
     assert len({tuple(p) for p in points}) > 1  # the interpolation changes the policy along the grid
 
 
+def test_linear_soups_and_trl_evaluations_average_the_draws_the_callback_averages(tmp_path):
+    # callbacks.pareto_eval.draws reaches the methods evaluated outside the callback: each prompt answered under the
+    # seeds eval_seed, eval_seed + 1, ... and averaged, as the single-policy methods' callback does.
+    cfg = compose_train(MICRO + ["trainer.max_steps=2", "callbacks.pareto_eval.draws=2"], tmp_path)
+    assert eval_settings(cfg) == (4, None, 2)
+    module, _, _ = fit(cfg, warmup_steps=0)
+    prompts, grid = module.eval_prompts(4), simplex_grid(2, 3)
+    first, both = evaluate(module, prompts, grid), evaluate(module, prompts, grid, draws=2)
+    untagged_first, untagged_both = evaluate_untagged(module, prompts), evaluate_untagged(module, prompts, draws=2)
+    module.eval_seed += 1
+    second, untagged_second = evaluate(module, prompts, grid), evaluate_untagged(module, prompts)
+    assert not torch.equal(first, second)  # two draws, two different sets of answers
+    torch.testing.assert_close(both, (first + second) / 2)
+    torch.testing.assert_close(untagged_both, (untagged_first + untagged_second) / 2)
+
+
 @pytest.mark.skipif(not trl_available(), reason="trl is not installed (optional [bench] extra)")
 def test_trl_grpo_peer_trains_and_is_scored(tmp_path):
     from meal_pl.bench.trl_peer import run_trl
@@ -147,7 +165,7 @@ def test_bench_entry_point_writes_table_json_and_figure(tmp_path):
     out = tmp_path / "bench"
     micro = [o for o in TINY if o != "~callbacks.progress_bar"] + ["trainer.max_steps=2"]
     cmd = [sys.executable, "-m", "meal_pl.bench", "objective=synthetic", "bench.seeds=2", "bench.threads=1",
-           "bench.methods=[soups]", "bench.warmup_steps=0", f"hydra.run.dir={out}", *micro]
+           "bench.methods=[soups]", "bench.warmup_steps=0", f"hydra.run.dir={out}", "callbacks.pareto_eval.draws=2", *micro]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -159,6 +177,7 @@ def test_bench_entry_point_writes_table_json_and_figure(tmp_path):
     assert len(rows["soups"]["hv_per_seed"]) == 2 and rows["soups"]["peak_memory_mib"] > 0
     md = (out / "bench.md").read_text()
     assert "| soups |" in md and (out / "bench.png").stat().st_size > 1000
+    assert summary["draws"] == 2 and "every front from 2 answers per prompt and preference" in md
     # steerability per objective in every output; the differences section is there even when it has no pair
     assert set(rows["soups"]["steerability"]) == {"a_to_m", "n_to_z"} and "steer. n_to_z" in md
     assert summary["differences"] == [] and "Differences" in md and "differences" in proc.stdout

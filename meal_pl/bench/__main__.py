@@ -98,11 +98,12 @@ def main(cfg: DictConfig) -> None:
     reference = [float(x) for x in probe.objective.reference_point]
     synthetic = probe.objective.get("front") == "simplex"
     grid = int(probe.callbacks.pareto_eval.num_points or probe.objective.grid_points)
+    draws = int(probe.callbacks.pareto_eval.get("draws", 1))  # every method's evaluation answers each prompt this often
     max_hv = ideal_hypervolume(K, grid, reference) if synthetic else None
     linear_points = int(setting("linear_points") or grid)
     seeds = [int(cfg.seed) + i for i in range(int(bench.seeds))]
     console.print(f"meal-pl bench: objective={probe.objective.name} K={K} seeds={seeds} steps={steps} B={B} N={N} "
-                  f"budget={bench.budget} quick={bench.quick} -> {out}")
+                  f"budget={bench.budget} quick={bench.quick} draws={draws} -> {out}")
 
     results, started = [], time.perf_counter()
     # bench.conditioning=[tags,embedding,...]: every method once per conditioning backend, as separate rows.
@@ -166,13 +167,15 @@ def main(cfg: DictConfig) -> None:
 
     summary = {"objective": probe.objective.name, "objectives": names, "seeds": seeds, "steps": steps, "batch_size": B,
                "num_samples": N, "budget": bench.budget, "quick": bool(bench.quick), "linear_points": linear_points,
+               "draws": draws,
                "reference_point": reference, "max_hypervolume": max_hv, "total_time_s": total,
                "threads": setting("threads"), "overrides": base, "checks": lines, "differences": diffs, "adaptive_gains": gains,
                "methods": rows}
     (out / "bench.json").write_text(json.dumps(summary, indent=1))
     md = [f"# meal-pl bench: {probe.objective.name}", "",
           f"`python -m meal_pl.bench {' '.join(HydraConfig.get().overrides.task)}`; seeds {seeds}; {steps} policy steps "
-          f"x {B} prompts x {N} samples per front (budget per {bench.budget}); total {total:.0f} s.", "",
+          f"x {B} prompts x {N} samples per front (budget per {bench.budget}); total {total:.0f} s"
+          + (f"; every front from {draws} answers per prompt and preference." if draws > 1 else "."), "",
           markdown_table(rows, names), "", *([markdown_group_table(rows), ""] if group_rows(rows) else []),
           *[f"- {line}" for line in lines], "",
           "Differences (mean hypervolume over seeds; pooled sd of the seeds, sqrt((s1^2 + s2^2) / 2) at equal seed counts):", "",

@@ -3,7 +3,8 @@
 single (meal, ric, ...): one policy, its front over the evaluation grid, as ParetoEvalCallback reports it.
 linear: one unconditioned policy per grid vector, each evaluated at its own vector; the front is those points.
 soups: one unconditioned policy per objective; the front is their weight interpolation at every grid vector.
-All fronts are scored by the same `front_report` on the same held-out prompts.
+All fronts are scored by the same `front_report` on the same held-out prompts, each prompt answered
+`callbacks.pareto_eval.draws` times per preference (sampling seeds eval_seed, +1, ...) for every method alike.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import Tensor
 
 from meal_pl.callbacks.pareto_eval import ParetoEvalCallback
 from meal_pl.callbacks.step_timer import StepTimer
+from meal_pl.evaluation import front_over_draws
 from meal_pl.module import MealModule
 from meal_pl.pareto import front_report, simplex_grid
 from meal_pl.train import build_run
@@ -44,10 +46,10 @@ def fit(cfg: DictConfig, warmup_steps: int = 2) -> tuple[MealModule, L.Trainer, 
     return module, trainer, stats
 
 
-def eval_settings(cfg: DictConfig) -> tuple[int, int | None]:
-    """(num_prompts, num_points) of the Pareto evaluation, read before the callback is dropped."""
+def eval_settings(cfg: DictConfig) -> tuple[int, int | None, int]:
+    """(num_prompts, num_points, draws) of the Pareto evaluation, read before the callback is dropped."""
     pe = cfg.callbacks.get("pareto_eval") or {}
-    return int(pe.get("num_prompts", 32)), pe.get("num_points")
+    return int(pe.get("num_prompts", 32)), pe.get("num_points"), int(pe.get("draws", 1))
 
 
 def without_pareto_eval(cfg: DictConfig) -> DictConfig:
@@ -59,10 +61,11 @@ def without_pareto_eval(cfg: DictConfig) -> DictConfig:
 
 
 @torch.no_grad()
-def evaluate(module: MealModule, prompts: list[str], weights: Tensor) -> Tensor:
-    """Mean raw rewards (M,K) at each preference, in eval mode: the callback's own evaluation."""
+def evaluate(module: MealModule, prompts: list[str], weights: Tensor, draws: int = 1) -> Tensor:
+    """Mean raw rewards (M,K) at each preference, in eval mode, each prompt's averaged over `draws` answers: the
+    callback's own evaluation."""
     module.eval()
-    return module.evaluate_front(prompts, weights.to(module.device)).float().cpu()
+    return front_over_draws(module, prompts, weights.to(module.device), draws).nanmean(1).float().cpu()
 
 
 def merge_stats(parts: list[dict]) -> dict:
@@ -96,10 +99,10 @@ def run_linear(cfgs: list[DictConfig], warmup_steps: int = 2) -> dict:
     """Linear scalarisation: cfgs[i] trains at its fixed vector algorithm.pwn.weights; one point each."""
     weights, points, parts, module = [], [], [], None
     for cfg in cfgs:
-        num_prompts, _ = eval_settings(cfg)
+        num_prompts, _, draws = eval_settings(cfg)
         module, _, stats = fit(without_pareto_eval(cfg), warmup_steps)
         w = torch.tensor([list(cfg.algorithm.pwn.weights)], dtype=torch.float32)
-        points.append(evaluate(module, module.eval_prompts(num_prompts), w)[0])
+        points.append(evaluate(module, module.eval_prompts(num_prompts), w, draws)[0])
         weights.append(w[0])
         parts.append(stats)
     return {"front": report_for(module, torch.stack(weights), torch.stack(points)), **merge_stats(parts)}
@@ -109,7 +112,7 @@ def run_soups(cfgs: list[DictConfig], warmup_steps: int = 2) -> dict:
     """Rewarded soups: cfgs[k] trains objective k's policy; theta(w) = sum_k w_k theta_k on the grid."""
     states, parts, module, init = [], [], None, None
     for cfg in cfgs:
-        num_prompts, num_points = eval_settings(cfg)
+        num_prompts, num_points, draws = eval_settings(cfg)
         module, _, stats = fit(without_pareto_eval(cfg), warmup_steps)
         # Interpolation needs one shared start: pi_ref is each ingredient's initial (warm-started) policy.
         ref = {k: v.detach().clone() for k, v in module.ref.state_dict().items()}
@@ -125,7 +128,7 @@ def run_soups(cfgs: list[DictConfig], warmup_steps: int = 2) -> dict:
     for w in grid:
         soup = {k: sum(float(w[i]) * states[i][k].float() for i in range(K)).to(states[0][k].dtype) for k in states[0]}
         module.policy.load_state_dict(soup)
-        points.append(evaluate(module, prompts, w[None])[0])
+        points.append(evaluate(module, prompts, w[None], draws)[0])
     return {"front": report_for(module, grid, torch.stack(points)), **merge_stats(parts)}
 
 

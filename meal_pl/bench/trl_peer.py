@@ -150,7 +150,8 @@ def run_trl(cfg: DictConfig, warmup_steps: int = 2, reward_weights: list[float] 
         missing, unexpected = module.policy.load_state_dict(trainer.model.state_dict(), strict=False)
         if unexpected or any("meal_preference" not in k for k in missing):
             raise RuntimeError(f"TRL's policy does not match meal-pl's: missing {missing}, unexpected {unexpected}")
-        point = evaluate_untagged(module, datamodule.eval_prompts(cfg.callbacks.pareto_eval.num_prompts)).tolist()
+        pe = cfg.callbacks.pareto_eval
+        point = evaluate_untagged(module, datamodule.eval_prompts(pe.num_prompts), int(pe.get("draws", 1))).tolist()
     skip = warmup_steps if len(clock.wall) > warmup_steps else 0
     loss = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {
@@ -168,12 +169,15 @@ def run_trl(cfg: DictConfig, warmup_steps: int = 2, reward_weights: list[float] 
 
 
 @torch.no_grad()
-def evaluate_untagged(module, prompts: list[str]) -> torch.Tensor:
-    """Mean raw rewards (K,) of one sampled response per prompt, without preference tags, at the eval seed."""
+def evaluate_untagged(module, prompts: list[str], draws: int = 1) -> torch.Tensor:
+    """Mean raw rewards (K,) of responses without preference tags, each prompt's averaged over `draws` answers
+    sampled under the seeds eval_seed, eval_seed + 1, ... (what the other methods' evaluation does)."""
     module.eval()
-    with torch.random.fork_rng():
-        torch.manual_seed(module.eval_seed)
-        ids, mask, _ = encode_prompts(module.tokenizer, prompts, module.max_prompt_length, module.device)
-        out = module.generate(ids, mask, greedy=module.eval_greedy, num_samples=1)
-    texts = module.tokenizer.batch_decode(out, skip_special_tokens=True)
-    return module.rewards(prompts, texts).nanmean(0)
+    ids, mask, _ = encode_prompts(module.tokenizer, prompts, module.max_prompt_length, module.device)
+    per_draw = []
+    for offset in range(draws):
+        with torch.random.fork_rng():
+            torch.manual_seed(module.eval_seed + offset)
+            out = module.generate(ids, mask, greedy=module.eval_greedy, num_samples=1)
+        per_draw.append(module.rewards(prompts, module.tokenizer.batch_decode(out, skip_special_tokens=True)))
+    return torch.stack(per_draw).nanmean(0).nanmean(0)
