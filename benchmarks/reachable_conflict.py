@@ -15,6 +15,8 @@ the mean raw rewards and the share of distinct tokens per response (near 0: the 
 all responses, the correlation between each pair of objectives; and, for each pair (i, j), the mean of
 objective i among the responses in the bottom and top quartile of objective j: when the responses worst on j
 are the best on i, the two conflict in what the policy writes, and conditioning has a trade to learn. The same
+per prompt group, and within prompt (each prompt's answers centred on their own mean: the trade-off among one
+prompt's answers, which is what rejection sampling selects along). The same
 two statistics of the data's own responses (the warm start's (prompt, response) pairs) say what a policy that
 wrote like the data could trade. Prints the table, writes reachable_conflict.json to --out (default: the run
 directory).
@@ -68,6 +70,32 @@ def conflict(rewards: torch.Tensor, names: list[str]) -> dict:
             "quartile_means": {names[i]: {names[j]: v for j, v in d.items()} for i, d in quart.items()}}
 
 
+def within_prompt(rewards: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:
+    """(S, K) rewards minus their prompt's mean reward: what is left is the trade-off among one prompt's own answers,
+    the only one rejection sampling can select along (across prompts, one prompt's easier than another)."""
+    centred = rewards.clone()
+    for p in prompt_ids.unique():
+        rows = prompt_ids == p
+        centred[rows] = rewards[rows] - rewards[rows].nanmean(0)
+    return centred
+
+
+def policy_conflicts(rewards: torch.Tensor, prompts: list[str], groups: dict, names: list[str]) -> dict:
+    """conflict() over all of a policy's (M, samples * P, K) answers, per prompt group, and within prompt (each
+    prompt's answers centred on their mean), per group too."""
+    P, K = len(prompts), rewards.shape[-1]
+    flat = rewards.reshape(-1, K)
+    prompt_ids = torch.arange(flat.shape[0]) % P  # the answers are laid out sample-major, prompt-minor per preference
+    centred = within_prompt(flat, prompt_ids)
+    report = {"all": conflict(flat, names), "within_prompt": conflict(centred, names)}
+    prompt_groups = [groups.get(p) for p in prompts]
+    for group in sorted({g for g in prompt_groups if g is not None}):
+        rows = torch.tensor([prompt_groups[i] == group for i in prompt_ids.tolist()])
+        report.setdefault("groups", {})[group] = {"all": conflict(flat[rows], names),
+                                                  "within_prompt": conflict(centred[rows], names)}
+    return report
+
+
 def data_report(overrides: list[str]) -> dict:
     """The conflict within the data's own responses, per prompt group and over all, under `overrides` of train."""
     from hydra import compose, initialize_config_dir
@@ -115,6 +143,14 @@ def print_report(report: dict) -> None:
             for j, (low, high) in by_j.items():
                 print(f"{source}: {i} among the responses worst / best on {j}: {low:.3f} / {high:.3f} "
                       f"(correlation {stats['correlation'][names.index(i)][names.index(j)]:.3f})")
+    by_group = report["policy_by_group"]
+    print(f"| the policy's answers | responses | correlation | within prompt | {names[0]} among the worst / best on "
+          f"{names[1]}, within prompt |")
+    print("|---|---|---|---|---|")
+    for label, stats in [("all", by_group), *by_group.get("groups", {}).items()]:
+        low, high = stats["within_prompt"]["quartile_means"][names[0]][names[1]]
+        print(f"| {label} | {stats['all']['responses']} | {stats['all']['correlation'][0][1]:.3f} | "
+              f"{stats['within_prompt']['correlation'][0][1]:.3f} | {low:+.3f} / {high:+.3f} |")
 
 
 def main() -> None:
@@ -151,6 +187,7 @@ def main() -> None:
                             "distinct_tokens": distinct[m].mean().item()} for m, w in enumerate(grid)],
         "policy": conflict(rewards.reshape(-1, len(names)), names),
         "data": conflict(data, names),
+        "policy_by_group": policy_conflicts(rewards, prompts, datamodule.groups, names),
     }
     print_report(report)
     out = args.out or run_dir
