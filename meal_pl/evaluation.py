@@ -16,16 +16,16 @@ class FrontEvaluation:
         return self.trainer.datamodule.eval_prompts(n)
 
     @torch.no_grad()
-    def respond(self, prompts: list[str], weights: Tensor) -> list[str]:
+    def respond(self, prompts: list[str], weights: Tensor, seed: int | None = None) -> list[str]:
         """One response per prompt under per-prompt preferences (B,K); deterministic for a given policy.
 
-        Sampling (the default) uses its own fixed seed inside a forked RNG, so evaluating neither varies
-        between calls nor moves the training run's random stream; greedy decoding is one flag away.
+        Sampling (the default) uses its own fixed seed (`seed`, else eval_seed) inside a forked RNG, so evaluating
+        neither varies between calls nor moves the training run's random stream; greedy decoding is one flag away.
         """
         texts = []
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.eval_seed)
+            torch.manual_seed(self.eval_seed if seed is None else seed)
             for i in range(0, len(prompts), self.eval_batch_size):
                 chunk = slice(i, i + self.eval_batch_size)
                 ids, mask, _ = encode_prompts(self.tokenizer, prompts[chunk], self.max_prompt_length, self.device)

@@ -46,13 +46,15 @@ from meal_pl.rewards import RewardSet, RunningRewardNorm
 from meal_pl.rollout import Rollout, gather
 from meal_pl.sampling import RejectionSampler, generate_eval_mode, position_ids
 from meal_pl.sequences import conditioned, sequence_logprobs
-from meal_pl.sft import warm_start_length, warm_start_module
+from meal_pl.sft import own_answers, warm_start_length, warm_start_module
 from meal_pl.step_metrics import publish, step_metrics
 
 _log = logging.getLogger("meal_pl")
 
 __all__ = ["MealModule", "MetaConfig"]
 PROMPT_OVERFLOW = ("truncate", "error")
+# What the warm start trains on: the data's answers, or the policy's own (RiC's offline stage on what it writes).
+WARM_START_SOURCES = ("data", "policy")
 
 # pi_ref is frozen in eval mode on purpose; Lightning's generic warning about eval-mode modules is noise here.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
@@ -78,7 +80,8 @@ class MealModule(FrontEvaluation, L.LightningModule):
         warm_start_lr: float = 1e-3, warm_start_batch_size: int = 16, eval_batch_size: int = 128,
         eval_greedy: bool = False, eval_seed: int = 1234, histogram_every_n_steps: int = 10,
         accumulate_grad_batches: int = 1, lora: dict[str, Any] | None = None, neutral_tags: bool = False,
-        tag_lr_scale: float = 1.0,
+        tag_lr_scale: float = 1.0, warm_start_source: str = "data", warm_start_answers: int = 2,
+        warm_start_prompts: int = 0,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -87,6 +90,11 @@ class MealModule(FrontEvaluation, L.LightningModule):
         check_context(policy, max_prompt_length, len(self.objective_names), sampler.max_new_tokens)
         if prompt_overflow not in PROMPT_OVERFLOW:
             raise ValueError(f"algorithm.prompt_overflow={prompt_overflow!r}; choose one of {PROMPT_OVERFLOW}")
+        if warm_start_source not in WARM_START_SOURCES:
+            raise ValueError(f"algorithm.warm_start_source={warm_start_source!r}; choose one of {WARM_START_SOURCES}")
+        if warm_start_answers < 1 or warm_start_prompts < 0:
+            raise ValueError(f"algorithm.warm_start_answers={warm_start_answers} must be >= 1 and "
+                             f"algorithm.warm_start_prompts={warm_start_prompts} >= 0 (0: every training prompt)")
         if accumulate_grad_batches < 1:
             raise ValueError(f"algorithm.accumulate_grad_batches={accumulate_grad_batches} must be >= 1")
         self.reference_point = [float(v) for v in objective["reference_point"]]
@@ -127,6 +135,8 @@ class MealModule(FrontEvaluation, L.LightningModule):
         self.eval_greedy, self.eval_seed = eval_greedy, eval_seed
         self.warm_start_steps = warm_start_length(objective, warm_start_steps)
         self.warm_start_lr, self.warm_start_batch_size = warm_start_lr, warm_start_batch_size
+        self.warm_start_source, self.warm_start_answers = warm_start_source, warm_start_answers
+        self.warm_start_prompts = warm_start_prompts
         self.histogram_every_n_steps, self.accumulate_grad_batches = histogram_every_n_steps, accumulate_grad_batches
         # Unconditioned baselines (linear, soups): every prompt carries the uniform tag in training and
         # evaluation, so preferences act through selection only and a front must come from separate policies.
@@ -213,12 +223,19 @@ class MealModule(FrontEvaluation, L.LightningModule):
             check_prompt_lengths(self.tokenizer, prompts, self.max_prompt_length, self.prompt_overflow, context)
         if self.restored or self.warm_start_steps <= 0:
             return
-        pairs = datamodule.sft_pairs()
         # Minutes on a real model, before the first step's progress: say what runs, then what it did.
-        if self.trainer.is_global_zero:
-            _log.info(f"warm start: {self.warm_start_steps} SFT steps on {len(pairs)} answers of the data under the tags "
-                      "of the trade-off each achieves (algorithm.warm_start_steps)")
         start = time.perf_counter()
+        if self.warm_start_source == "policy":
+            prompts = list(datamodule.train_prompts)[: self.warm_start_prompts or None]
+            if self.trainer.is_global_zero:
+                _log.info(f"warm start: sampling the policy's own answers, {self.warm_start_answers} to each of "
+                          f"{len(prompts)} training prompts (algorithm.warm_start_source=policy)")
+            pairs, what = own_answers(self, prompts, self.warm_start_answers, torch.initial_seed()), "the policy's own answers"
+        else:
+            pairs, what = datamodule.sft_pairs(), "answers of the data"
+        if self.trainer.is_global_zero:
+            _log.info(f"warm start: {self.warm_start_steps} SFT steps on {len(pairs)} {what} under the tags "
+                      "of the trade-off each achieves (algorithm.warm_start_steps)")
         history = self.run_warm_start(pairs, seed=self.trainer.current_epoch)
         if history and self.trainer.is_global_zero:
             _log.info(f"warm start done in {time.perf_counter() - start:.0f} s: loss {history[0]:.3f} -> {history[-1]:.3f}")

@@ -65,6 +65,21 @@ def warm_start(
     return history
 
 
+@torch.no_grad()
+def own_answers(module, prompts: list[str], answers: int, seed: int) -> list[tuple[str, str]]:
+    """The policy's own (prompt, answer) pairs: `answers` per prompt under the uniform preference, sampled as the
+    evaluation samples (eval mode, the sampler's settings) under the seeds seed, seed + 1, .... Trained under the
+    trade-off each achieves, they tie w to the variety of the policy's own answers, where the data's answers would
+    teach a pretrained policy the data's style (docs/results.md)."""
+    weights = torch.full((len(prompts), len(module.objective_names)), 1.0 / len(module.objective_names))
+    was_training = module.training
+    module.eval()
+    try:
+        return [pair for a in range(answers) for pair in zip(prompts, module.respond(prompts, weights, seed=seed + a))]
+    finally:
+        module.train(was_training)
+
+
 def warm_start_module(module, pairs: list[tuple[str, str]], seed: int = 0) -> list[float]:
     """A MealModule's warm start: SFT on (prompt, response) pairs under the tags of the trade-off each achieves."""
     prompts, responses = [p for p, _ in pairs], [r for _, r in pairs]
