@@ -230,7 +230,8 @@ class MealModule(FrontEvaluation, L.LightningModule):
             if self.trainer.is_global_zero:
                 _log.info(f"warm start: sampling the policy's own answers, {self.warm_start_answers} to each of "
                           f"{len(prompts)} training prompts (algorithm.warm_start_source=policy)")
-            pairs, what = own_answers(self, prompts, self.warm_start_answers, torch.initial_seed()), "of the policy's own answers"
+            pairs, dropped = own_answers(self, prompts, self.warm_start_answers, torch.initial_seed())
+            what = f"of the policy's own answers ({dropped} empty or echoing the conditioning's text dropped)"
         else:
             pairs, what = datamodule.sft_pairs(), "answers of the data"
         if self.trainer.is_global_zero:

@@ -66,18 +66,23 @@ def warm_start(
 
 
 @torch.no_grad()
-def own_answers(module, prompts: list[str], answers: int, seed: int) -> list[tuple[str, str]]:
-    """The policy's own (prompt, answer) pairs: `answers` per prompt under the uniform preference, sampled as the
-    evaluation samples (eval mode, the sampler's settings) under the seeds seed, seed + 1, .... Trained under the
-    trade-off each achieves, they tie w to the variety of the policy's own answers, where the data's answers would
-    teach a pretrained policy the data's style (docs/results.md)."""
+def own_answers(module, prompts: list[str], answers: int, seed: int) -> tuple[list[tuple[str, str]], int]:
+    """The policy's own (prompt, answer) pairs and how many answers were dropped: `answers` per prompt under the
+    uniform preference, sampled as the evaluation samples (eval mode, the sampler's settings) under the seeds seed,
+    seed + 1, .... Trained under the trade-off each achieves, they tie w to the variety of the policy's own answers,
+    where the data's answers would teach a pretrained policy the data's style (docs/results.md). Empty answers and
+    answers that repeat the conditioning's own text (conditioning=text's "Preference: helpful 0.50, ...", which
+    SmolLM2 echoed in 7 of 64 answers) are dropped: trained on, they teach the policy to print its preference."""
     weights = torch.full((len(prompts), len(module.objective_names)), 1.0 / len(module.objective_names))
+    marker = getattr(module.conditioner, "header", "").strip()
     was_training = module.training
     module.eval()
     try:
-        return [pair for a in range(answers) for pair in zip(prompts, module.respond(prompts, weights, seed=seed + a))]
+        pairs = [pair for a in range(answers) for pair in zip(prompts, module.respond(prompts, weights, seed=seed + a))]
     finally:
         module.train(was_training)
+    kept = [(p, a) for p, a in pairs if a.strip() and not (marker and marker in a)]
+    return kept, len(pairs) - len(kept)
 
 
 def warm_start_module(module, pairs: list[tuple[str, str]], seed: int = 0) -> list[float]:

@@ -14,13 +14,22 @@ from meal_pl.train import train
 def test_own_answers_are_the_policys_samples_under_the_uniform_preference():
     module = micro_module("alternating").train()
     prompts = CORPUS[:3]
-    pairs = own_answers(module, prompts, answers=2, seed=7)
-    assert [p for p, _ in pairs] == prompts * 2 and module.training  # train mode restored
+    pairs, dropped = own_answers(module, prompts, answers=2, seed=7)
+    assert dropped == 0 and [p for p, _ in pairs] == prompts * 2 and module.training  # train mode restored
     uniform = torch.full((3, 2), 0.5, dtype=torch.float64)
     module.eval()
     assert [a for _, a in pairs[:3]] == module.respond(prompts, uniform, seed=7)
     assert [a for _, a in pairs[3:]] == module.respond(prompts, uniform, seed=8)
     assert [a for _, a in pairs[:3]] != [a for _, a in pairs[3:]]  # two seeds, two sets of answers
+
+
+def test_answers_that_are_empty_or_echo_the_conditioning_text_are_dropped(monkeypatch):
+    module = micro_module("alternating")
+    module.conditioner.header = "\nPreference:"  # as conditioning=text's
+    canned = iter([["a real answer", "Preference: a 0.50, b 0.50", "  "], ["ok. Preference: a 1.00", "fine", "x"]])
+    monkeypatch.setattr(module, "respond", lambda prompts, weights, seed=None: next(canned))
+    pairs, dropped = own_answers(module, CORPUS[:3], answers=2, seed=0)
+    assert dropped == 3 and pairs == [(CORPUS[0], "a real answer"), (CORPUS[1], "fine"), (CORPUS[2], "x")]
 
 
 def test_a_run_warm_starts_on_the_policys_own_answers(tiny_cfg, monkeypatch):
