@@ -72,7 +72,7 @@ def own_answers(module, prompts: list[str], answers: int, seed: int) -> tuple[li
     seed + 1, .... Trained under the trade-off each achieves, they tie w to the variety of the policy's own answers,
     where the data's answers would teach a pretrained policy the data's style (docs/results.md). Empty answers and
     answers that repeat the conditioning's own text (conditioning=text's "Preference: helpful 0.50, ...", which
-    SmolLM2 echoed in 7 of 64 answers) are dropped: trained on, they teach the policy to print its preference."""
+    SmolLM2 sometimes echoes) are dropped: trained on, they teach the policy to print its preference."""
     weights = torch.full((len(prompts), len(module.objective_names)), 1.0 / len(module.objective_names))
     marker = getattr(module.conditioner, "header", "").strip()
     was_training = module.training
