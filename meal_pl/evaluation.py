@@ -71,7 +71,7 @@ def front_over_draws(module, prompts: list[str], weights: Tensor, draws: int = 1
     prompts then sees less sampling noise."""
     if draws == 1:
         return module.evaluate_front_per_prompt(prompts, weights)
-    runs = [_under_seed(module, d, module.evaluate_front_per_prompt, prompts, weights).float().cpu() for d in range(draws)]
+    runs = [under_seed(module, d, module.evaluate_front_per_prompt, prompts, weights).float().cpu() for d in range(draws)]
     return torch.stack(runs).nanmean(0)
 
 
@@ -80,11 +80,11 @@ def pwn_choice_over_draws(module, prompts: list[str], draws: int = 1) -> tuple[T
     `draws` answers as in front_over_draws (the weights read the prompt alone: the same at every draw)."""
     if draws == 1:
         return module.evaluate_pwn_choice_per_prompt(prompts)
-    runs = [_under_seed(module, d, module.evaluate_pwn_choice_per_prompt, prompts) for d in range(draws)]
+    runs = [under_seed(module, d, module.evaluate_pwn_choice_per_prompt, prompts) for d in range(draws)]
     return runs[0][0], torch.stack([rewards for _, rewards in runs]).nanmean(0)
 
 
-def _under_seed(module, offset: int, fn, *args):
+def under_seed(module, offset: int, fn, *args):
     """fn(*args) with the module's evaluation seed moved by `offset`, restored afterwards."""
     first = module.eval_seed
     module.eval_seed = first + offset

@@ -46,7 +46,7 @@ from meal_pl.rewards import RewardSet, RunningRewardNorm
 from meal_pl.rollout import Rollout, gather
 from meal_pl.sampling import RejectionSampler, generate_eval_mode, position_ids
 from meal_pl.sequences import conditioned, sequence_logprobs
-from meal_pl.sft import own_answers, warm_start_length, warm_start_module
+from meal_pl.sft import warm_start_length, warm_start_module, warm_start_pairs
 from meal_pl.step_metrics import publish, step_metrics
 
 _log = logging.getLogger("meal_pl")
@@ -225,15 +225,7 @@ class MealModule(FrontEvaluation, L.LightningModule):
             return
         # Minutes on a real model, before the first step's progress: say what runs, then what it did.
         start = time.perf_counter()
-        if self.warm_start_source == "policy":
-            prompts = list(datamodule.train_prompts)[: self.warm_start_prompts or None]
-            if self.trainer.is_global_zero:
-                _log.info(f"warm start: sampling the policy's own answers, {self.warm_start_answers} to each of "
-                          f"{len(prompts)} training prompts (algorithm.warm_start_source=policy)")
-            pairs, dropped = own_answers(self, prompts, self.warm_start_answers, torch.initial_seed())
-            what = f"of the policy's own answers ({dropped} empty or echoing the conditioning's text dropped)"
-        else:
-            pairs, what = datamodule.sft_pairs(), "answers of the data"
+        pairs, what = warm_start_pairs(self, datamodule, announce=self.trainer.is_global_zero)
         if self.trainer.is_global_zero:
             _log.info(f"warm start: {self.warm_start_steps} SFT steps on {len(pairs)} {what} under the tags "
                       "of the trade-off each achieves (algorithm.warm_start_steps)")

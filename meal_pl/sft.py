@@ -1,12 +1,14 @@
 """Optional short SFT warm start: teach the policy the data's language and the meaning of the tags.
 
 Each (prompt, response) pair is trained under the tags of the trade-off it achieves (METHOD.md step 5
-applied to the data), so the policy is steerable before Meal starts; this is RiC's offline stage.
+applied to the data), so the policy is steerable before Meal starts; this is RiC's offline stage. The pairs are the
+data's answers, or (`algorithm.warm_start_source=policy`) the policy's own, sampled first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 from torch import Tensor
@@ -15,6 +17,8 @@ from transformers import PreTrainedModel
 from meal_pl.losses import masked_mean, relabel, token_logprobs
 from meal_pl.sampling import encode_prompts, position_ids
 from meal_pl.sequences import encode_responses
+
+_log = logging.getLogger("meal_pl")
 
 
 def warm_start_length(objective, default: int) -> int:
@@ -83,6 +87,19 @@ def own_answers(module, prompts: list[str], answers: int, seed: int) -> tuple[li
         module.train(was_training)
     kept = [(p, a) for p, a in pairs if a.strip() and not (marker and marker in a)]
     return kept, len(pairs) - len(kept)
+
+
+def warm_start_pairs(module, datamodule, announce: bool = True) -> tuple[list[tuple[str, str]], str]:
+    """The warm start's (prompt, response) pairs and what they are, from `algorithm.warm_start_source`: the data's
+    answers, or the policy's own to the first `warm_start_prompts` training prompts (seeds the run's seed, +1, ...)."""
+    if module.warm_start_source != "policy":
+        return datamodule.sft_pairs(), "answers of the data"
+    prompts = list(datamodule.train_prompts)[: module.warm_start_prompts or None]
+    if announce:  # minutes on a real model: say so before it starts
+        _log.info(f"warm start: sampling the policy's own answers, {module.warm_start_answers} to each of "
+                  f"{len(prompts)} training prompts (algorithm.warm_start_source=policy)")
+    pairs, dropped = own_answers(module, prompts, module.warm_start_answers, torch.initial_seed())
+    return pairs, f"of the policy's own answers ({dropped} empty or echoing the conditioning's text dropped)"
 
 
 def warm_start_module(module, pairs: list[tuple[str, str]], seed: int = 0) -> list[float]:

@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from meal_pl import precision
+from meal_pl.evaluation import under_seed
 from meal_pl.models import is_peft
 from meal_pl.sampling import encode_prompts, suppressed_ids
 from meal_pl.train import build
@@ -173,11 +174,14 @@ def evaluate_untagged(module, prompts: list[str], draws: int = 1) -> torch.Tenso
     """Mean raw rewards (K,) of responses without preference tags, each prompt's averaged over `draws` answers
     sampled under the seeds eval_seed, eval_seed + 1, ... (what the other methods' evaluation does)."""
     module.eval()
-    ids, mask, _ = encode_prompts(module.tokenizer, prompts, module.max_prompt_length, module.device)
-    per_draw = []
-    for offset in range(draws):
-        with torch.random.fork_rng():
-            torch.manual_seed(module.eval_seed + offset)
-            out = module.generate(ids, mask, greedy=module.eval_greedy, num_samples=1)
-        per_draw.append(module.rewards(prompts, module.tokenizer.batch_decode(out, skip_special_tokens=True)))
+    per_draw = [under_seed(module, d, _untagged_rewards, module, prompts) for d in range(draws)]
     return torch.stack(per_draw).nanmean(0).nanmean(0)
+
+
+def _untagged_rewards(module, prompts: list[str]) -> torch.Tensor:
+    """Raw rewards (P,K) of one sampled response per prompt, without preference tags, at the eval seed."""
+    with torch.random.fork_rng():
+        torch.manual_seed(module.eval_seed)
+        ids, mask, _ = encode_prompts(module.tokenizer, prompts, module.max_prompt_length, module.device)
+        out = module.generate(ids, mask, greedy=module.eval_greedy, num_samples=1)
+    return module.rewards(prompts, module.tokenizer.batch_decode(out, skip_special_tokens=True))
