@@ -142,7 +142,7 @@ def main() -> None:
         parser.error("--transfer needs at least two evaluations of one checkpoint")
     from common import write_report  # here, not at import: common sets the thread count for timed benchmarks
 
-    rows = [{"file": p.name, "draws": load(p)["draws"], **headroom(load(p))} for p in args.files]
+    rows = [{"file": p.name, "draws": ev["draws"], **headroom(ev)} for p, ev in ((p, load(p)) for p in args.files)]
     lines = [] if not rows else ["| evaluation | draws | PWN's point | premise: red_team harmless, everyday helpful | mirror | "
              "best per-group choice (everyday, red_team) | its gain | group-blind mixing |",
              "|---|---|---|---|---|---|---|---|"]
