@@ -204,3 +204,28 @@ def front_outer_loss(logp: Tensor, resp_mask: Tensor, rewards: Tensor, weights: 
     seq_logp = (logp * resp_mask.to(logp.dtype)).sum(-1).view(M, J)  # log pi(y_mj)
     advantages = front_advantages(rewards, weights, scalarization).to(seq_logp.dtype)
     return -(advantages * seq_logp).sum() / (M * J)
+
+
+def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float) -> Tensor:
+    """DPO's sigmoid loss (Rafailov et al. 2023; TRL's loss_type="sigmoid") on summed response log-probabilities, (S,) each:
+    mean of -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))."""
+    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    return -F.logsigmoid(beta * margin).mean()
+
+
+def corner_pairs(rewards: Tensor) -> list[tuple[int, int, int, int]]:
+    """(prompt, chosen, rejected, k) for each prompt's answers (P,A,K) and each corner e_k of the simplex: under w = e_k
+    the answer with the most of objective k over the one with the least. Ties (equal r_k) and non-finite rewards give
+    no pair. A conflict (one answer more helpful, the other more harmless) is ranked one way at one corner and the
+    other way at the other: what ties the preference to the trade-off."""
+    pairs = []
+    for p in range(rewards.shape[0]):
+        usable = torch.isfinite(rewards[p]).all(-1).nonzero().flatten()
+        if len(usable) < 2:
+            continue
+        for k in range(rewards.shape[-1]):
+            column = rewards[p, usable, k]
+            best, worst = int(usable[column.argmax()]), int(usable[column.argmin()])
+            if rewards[p, best, k] > rewards[p, worst, k]:
+                pairs.append((p, best, worst, k))
+    return pairs

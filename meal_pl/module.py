@@ -55,6 +55,7 @@ __all__ = ["MealModule", "MetaConfig"]
 PROMPT_OVERFLOW = ("truncate", "error")
 # What the warm start trains on: the data's answers, or the policy's own (RiC's offline stage on what it writes).
 WARM_START_SOURCES = ("data", "policy")
+WARM_START_LOSSES = ("sft", "dpo")
 
 # pi_ref is frozen in eval mode on purpose; Lightning's generic warning about eval-mode modules is noise here.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
@@ -81,7 +82,7 @@ class MealModule(FrontEvaluation, L.LightningModule):
         eval_greedy: bool = False, eval_seed: int = 1234, histogram_every_n_steps: int = 10,
         accumulate_grad_batches: int = 1, lora: dict[str, Any] | None = None, neutral_tags: bool = False,
         tag_lr_scale: float = 1.0, warm_start_source: str = "data", warm_start_answers: int = 2,
-        warm_start_prompts: int = 0,
+        warm_start_prompts: int = 0, warm_start_loss: str = "sft", warm_start_dpo_beta: float = 0.1,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -92,6 +93,10 @@ class MealModule(FrontEvaluation, L.LightningModule):
             raise ValueError(f"algorithm.prompt_overflow={prompt_overflow!r}; choose one of {PROMPT_OVERFLOW}")
         if warm_start_source not in WARM_START_SOURCES:
             raise ValueError(f"algorithm.warm_start_source={warm_start_source!r}; choose one of {WARM_START_SOURCES}")
+        if warm_start_loss not in WARM_START_LOSSES:
+            raise ValueError(f"algorithm.warm_start_loss={warm_start_loss!r}; choose one of {WARM_START_LOSSES}")
+        if not (math.isfinite(warm_start_dpo_beta) and warm_start_dpo_beta > 0):
+            raise ValueError(f"algorithm.warm_start_dpo_beta={warm_start_dpo_beta} must be a finite number > 0, e.g. 0.1")
         if warm_start_answers < 1 or warm_start_prompts < 0:
             raise ValueError(f"algorithm.warm_start_answers={warm_start_answers} must be >= 1 and "
                              f"algorithm.warm_start_prompts={warm_start_prompts} >= 0 (0: every training prompt)")
@@ -137,6 +142,7 @@ class MealModule(FrontEvaluation, L.LightningModule):
         self.warm_start_lr, self.warm_start_batch_size = warm_start_lr, warm_start_batch_size
         self.warm_start_source, self.warm_start_answers = warm_start_source, warm_start_answers
         self.warm_start_prompts = warm_start_prompts
+        self.warm_start_loss, self.warm_start_dpo_beta = warm_start_loss, warm_start_dpo_beta
         self.histogram_every_n_steps, self.accumulate_grad_batches = histogram_every_n_steps, accumulate_grad_batches
         # Unconditioned baselines (linear, soups): every prompt carries the uniform tag in training and
         # evaluation, so preferences act through selection only and a front must come from separate policies.
@@ -227,8 +233,10 @@ class MealModule(FrontEvaluation, L.LightningModule):
         start = time.perf_counter()
         pairs, what = warm_start_pairs(self, datamodule, announce=self.trainer.is_global_zero)
         if self.trainer.is_global_zero:
-            _log.info(f"warm start: {self.warm_start_steps} SFT steps on {len(pairs)} {what} under the tags "
-                      "of the trade-off each achieves (algorithm.warm_start_steps)")
+            dpo = self.warm_start_loss == "dpo"
+            how = "DPO steps on {}, each prompt's answers ranked at the simplex's corners (algorithm.warm_start_loss=dpo, " \
+                if dpo else "SFT steps on {} under the tags of the trade-off each achieves ("
+            _log.info(f"warm start: {self.warm_start_steps} {how.format(f'{len(pairs)} {what}')}algorithm.warm_start_steps)")
         history = self.run_warm_start(pairs, seed=self.trainer.current_epoch)
         if history and self.trainer.is_global_zero:
             _log.info(f"warm start done in {time.perf_counter() - start:.0f} s: loss {history[0]:.3f} -> {history[-1]:.3f}")

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from meal_pl.dpo_warm_start import dpo_warm_start, pair_batches, ranked_pairs
 from meal_pl.losses import masked_mean, relabel, token_logprobs
 from meal_pl.sampling import encode_prompts, position_ids
 from meal_pl.sequences import encode_responses
@@ -107,6 +108,8 @@ def warm_start_module(module, pairs: list[tuple[str, str]], seed: int = 0) -> li
     prompts, responses = [p for p, _ in pairs], [r for _, r in pairs]
     raw = module.rewards(prompts, responses)
     module.reward_norm.update(raw[torch.isfinite(raw).all(-1)])
+    if module.warm_start_loss == "dpo":
+        return dpo_warm_start_module(module, prompts, responses, raw, seed)
     tags = relabel(module.reward_norm.normalize(raw).nan_to_num(0.0), module.sampler.relabel_tau)
     if module.warm_start_tags == "neutral":  # the prompt, not the tag, must explain the response's style
         tags = torch.full_like(tags, 1.0 / tags.shape[-1])
@@ -114,6 +117,18 @@ def warm_start_module(module, pairs: list[tuple[str, str]], seed: int = 0) -> li
                              module.sampler.max_new_tokens, module.warm_start_batch_size)
     return warm_start(module.policy, batches, module.warm_start_steps, module.warm_start_lr, seed=seed,
                       conditioner=module.conditioner)
+
+
+def dpo_warm_start_module(module, prompts: list[str], responses: list[str], raw: Tensor, seed: int = 0) -> list[float]:
+    """The warm start as DPO (algorithm.warm_start_loss=dpo): each prompt's answers ranked at the simplex's corners."""
+    triples, corners = ranked_pairs(prompts, responses, raw)
+    if not triples:
+        raise ValueError("algorithm.warm_start_loss=dpo found no prompt with two answers that differ in a reward: it "
+                         "needs algorithm.warm_start_source=policy with algorithm.warm_start_answers >= 2")
+    batches = pair_batches(module.tokenizer, module.conditioner, triples, corners, module.max_prompt_length,
+                           module.sampler.max_new_tokens, module.warm_start_batch_size)
+    return dpo_warm_start(module.policy, batches, module.warm_start_steps, module.warm_start_lr,
+                          module.warm_start_dpo_beta, seed=seed, conditioner=module.conditioner)
 
 
 def tagged_batches(tokenizer, conditioner, prompts: list[str], responses: list[str], tags: Tensor,

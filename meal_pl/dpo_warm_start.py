@@ -1,0 +1,82 @@
+"""The warm start as DPO on answer pairs ranked at the simplex's corners (algorithm.warm_start_loss=dpo).
+
+SFT under the trade-off each answer achieves (meal_pl/sft.py, RiC's offline stage) shows the policy one answer at a
+time; what w should change is only in the difference between answers. Here each prompt's answers are ranked under
+each corner w = e_k (the answer with the most of objective k over the one with the least, `losses.corner_pairs`),
+and the policy, conditioned on that corner's preference, learns the ranking by DPO against itself before the warm
+start. Where a prompt's answers conflict (one more helpful, the other more harmless), the two corners rank them
+oppositely: the preference is all that tells the two rankings apart.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel
+
+from meal_pl.losses import corner_pairs, dpo_loss
+from meal_pl.sampling import encode_prompts
+from meal_pl.sequences import encode_responses, sequence_logprobs
+
+PairBatch = tuple[Tensor, Tensor, Tensor, Tensor]  # (prefix, prefix_mask, responses, resp_mask), chosen rows then rejected
+
+
+def ranked_pairs(prompts: list[str], responses: list[str], raw: Tensor) -> tuple[list[tuple[str, str, str]], Tensor]:
+    """(prompt, chosen, rejected) triples and their corners' preferences (n,K), from (prompt, response) pairs and their
+    raw rewards (n,K): each prompt's answers grouped, then ranked at every corner (`losses.corner_pairs`)."""
+    by_prompt: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_prompt.setdefault(p, []).append(i)
+    triples, corners = [], []
+    for rows in by_prompt.values():  # equal answers tie at every corner and give no pair
+        for _, c, r, k in corner_pairs(raw[rows][None]):
+            triples.append((prompts[rows[c]], responses[rows[c]], responses[rows[r]]))
+            corners.append(torch.nn.functional.one_hot(torch.tensor(k), raw.shape[-1]).float())
+    return triples, (torch.stack(corners) if corners else torch.zeros(0, raw.shape[-1]))
+
+
+def pair_batches(tokenizer, conditioner, triples: list[tuple[str, str, str]], corners: Tensor, max_prompt_length: int,
+                 max_new_tokens: int, batch_size: int) -> list[PairBatch]:
+    """Batches of `batch_size` triples: each prompt under its corner's preference, twice (chosen rows, then rejected)."""
+    batches = []
+    for i in range(0, len(triples), batch_size):
+        chunk = triples[i : i + batch_size]
+        ids, mask, _ = encode_prompts(tokenizer, [p for p, _, _ in chunk], max_prompt_length)
+        ids, mask = conditioner.condition(ids, mask, corners[i : i + batch_size])
+        resp, resp_mask = encode_responses(tokenizer, [c for _, c, _ in chunk] + [r for _, _, r in chunk], max_new_tokens)
+        batches.append((ids.repeat(2, 1), mask.repeat(2, 1), resp, resp_mask))
+    return batches
+
+
+def summed_logprobs(policy: PreTrainedModel, batch: PairBatch, conditioner) -> tuple[Tensor, Tensor]:
+    """log pi(chosen | x, w) and log pi(rejected | x, w), summed over each answer's tokens: (b,), (b,)."""
+    prefix, prefix_mask, resp, resp_mask = batch
+    logp = (sequence_logprobs(policy, prefix, prefix_mask, resp, conditioner=conditioner) * resp_mask).sum(-1)
+    return logp.chunk(2)
+
+
+def dpo_warm_start(policy: PreTrainedModel, batches: list[PairBatch], steps: int, lr: float, beta: float, seed: int = 0,
+                   conditioner=None) -> list[float]:
+    """`steps` AdamW steps of DPO over the batches (in a seeded order), against the policy as it is before the first
+    step (its log-probabilities computed once, eval mode); the loss history."""
+    if steps <= 0 or not batches:
+        return []
+    was_training = policy.training
+    policy.eval()
+    with torch.no_grad():
+        reference = [summed_logprobs(policy, [t.to(policy.device) for t in b], conditioner) for b in batches]
+    policy.train(was_training)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
+    order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed))
+    history = []
+    policy.train()
+    for step in range(steps):
+        i = int(order[step % len(batches)])
+        chosen, rejected = summed_logprobs(policy, [t.to(policy.device) for t in batches[i]], conditioner)
+        loss = dpo_loss(chosen, rejected, *reference[i], beta)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        optimizer.step()
+        history.append(loss.item())
+    return history

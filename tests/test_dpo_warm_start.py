@@ -1,0 +1,99 @@
+"""algorithm.warm_start_loss=dpo: each prompt's answers ranked at the simplex's corners and learnt by DPO."""
+
+import math
+
+import pytest
+import torch
+from conftest import train_cli
+from test_meta import CORPUS, micro_module
+
+from meal_pl.dpo_warm_start import dpo_warm_start, pair_batches, ranked_pairs, summed_logprobs
+from meal_pl.losses import corner_pairs, dpo_loss
+from meal_pl.module import MealModule
+from meal_pl.sft import warm_start_module
+from meal_pl.train import train
+
+
+def test_dpo_loss_is_log2_at_the_reference_and_falls_as_the_chosen_answer_gains():
+    zero = torch.zeros(3)
+    assert dpo_loss(zero, zero, zero, zero, beta=0.1).item() == pytest.approx(math.log(2))
+    gained = dpo_loss(torch.tensor([2.0, 2.0, 2.0]), zero, zero, zero, beta=0.1)
+    assert gained.item() == pytest.approx(-torch.nn.functional.logsigmoid(torch.tensor(0.2)).item())
+    # only the margin against the reference counts: the same log-probabilities as the reference give log 2 again
+    ref_c, ref_r = torch.tensor([-5.0, -1.0, -3.0]), torch.tensor([-2.0, -4.0, -1.0])
+    assert dpo_loss(ref_c, ref_r, ref_c, ref_r, beta=0.5).item() == pytest.approx(math.log(2))
+
+
+def test_corner_pairs_rank_a_conflict_both_ways_and_a_dominant_answer_the_same_way():
+    rewards = torch.tensor([
+        [[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]],  # conflict: answer 0 the most helpful, answer 1 the most harmless
+        [[0.5, 0.5], [0.1, 0.2], [0.3, 0.1]],  # answer 0 dominates; corner 0's worst is 1, corner 1's is 2
+    ])
+    assert corner_pairs(rewards) == [(0, 0, 1, 0), (0, 1, 0, 1), (1, 0, 1, 0), (1, 0, 2, 1)]
+    assert corner_pairs(torch.full((1, 3, 2), 0.4)) == []  # ties everywhere: no pair
+    with_nan = torch.tensor([[[0.9, float("nan")], [0.2, 0.8], [0.1, 0.9]]])
+    assert corner_pairs(with_nan) == [(0, 1, 2, 0), (0, 2, 1, 1)]  # the NaN answer ranks against nothing
+    assert corner_pairs(torch.tensor([[[0.9, 0.1]]])) == []  # one answer: nothing to rank
+
+
+def test_ranked_pairs_group_answers_by_prompt_whatever_their_order():
+    prompts = ["p", "q", "p", "q", "r"]
+    responses = ["p-helpful", "q-same", "p-harmless", "q-same", "r-alone"]
+    raw = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8], [0.5, 0.5], [0.3, 0.3]])
+    triples, corners = ranked_pairs(prompts, responses, raw)
+    assert triples == [("p", "p-helpful", "p-harmless"), ("p", "p-harmless", "p-helpful")]
+    assert corners.tolist() == [[1.0, 0.0], [0.0, 1.0]]
+
+
+def _conflict_batches(module):
+    triples = [(p, "water flour", "bread bread bread") for p in CORPUS[:4]]
+    triples += [(p, "bread bread bread", "water flour") for p in CORPUS[:4]]
+    corners = torch.tensor([[1.0, 0.0]] * 4 + [[0.0, 1.0]] * 4)
+    return pair_batches(module.tokenizer, module.conditioner, triples, corners, 32, 8, batch_size=4), corners
+
+
+def test_dpo_warm_start_teaches_the_corners_opposite_rankings():
+    module = micro_module("alternating").float()
+    batches, _ = _conflict_batches(module)
+    assert [b[0].shape[0] for b in batches] == [8, 8]  # 4 prompts, chosen rows then rejected rows
+
+    def margins():
+        with torch.no_grad():
+            return [(c - r).mean().item() for c, r in (summed_logprobs(module.policy, b, module.conditioner) for b in batches)]
+
+    before = margins()
+    history = dpo_warm_start(module.policy, batches, steps=40, lr=1e-2, beta=0.5, conditioner=module.conditioner)
+    after = margins()
+    assert history[0] == pytest.approx(math.log(2), abs=1e-4)  # the reference is the policy before the first step
+    assert history[-1] < 0.5 * history[0]
+    # each corner's chosen answer gains on its rejected one: the same two texts, ranked oppositely by the tags alone
+    assert after[0] > before[0] + 1.0 and after[1] > before[1] + 1.0
+
+
+def test_a_run_warm_starts_by_dpo_on_the_policys_own_answers(tiny_cfg, monkeypatch):
+    seen = {}
+    original = MealModule.run_warm_start
+
+    def spy(self, pairs, seed=0):
+        seen["history"] = original(self, pairs, seed)
+        return seen["history"]
+
+    monkeypatch.setattr(MealModule, "run_warm_start", spy)
+    train(tiny_cfg("objective=synthetic", "logger=none", "trainer.max_steps=1", "algorithm.warm_start_source=policy",
+                   "algorithm.warm_start_answers=3", "algorithm.warm_start_prompts=4", "algorithm.warm_start_loss=dpo",
+                   "algorithm.warm_start_steps=3"))
+    assert len(seen["history"]) == 3 and seen["history"][0] == pytest.approx(math.log(2), abs=1e-3)
+
+
+@pytest.mark.parametrize("override, named", [("algorithm.warm_start_loss=ppo", "warm_start_loss='ppo'"),
+                                              ("algorithm.warm_start_dpo_beta=0", "warm_start_dpo_beta=0")])
+def test_a_bad_warm_start_loss_is_one_line_naming_the_key(monkeypatch, capsys, tmp_path, override, named):
+    code, err = train_cli(monkeypatch, capsys, "objective=synthetic", f"hydra.run.dir={tmp_path}", override)
+    assert code != 0 and named in err and len(err.strip().splitlines()) == 1
+
+
+def test_dpo_on_single_answers_names_the_fix():
+    module = micro_module("alternating").float()
+    module.warm_start_loss, module.warm_start_steps = "dpo", 2
+    with pytest.raises(ValueError, match="warm_start_source=policy"):  # one answer per prompt: nothing to rank
+        warm_start_module(module, [(p, "an answer") for p in CORPUS[:4]])
