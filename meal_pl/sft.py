@@ -125,6 +125,11 @@ def dpo_warm_start_module(module, prompts: list[str], responses: list[str], raw:
     if not triples:
         raise ValueError("algorithm.warm_start_loss=dpo found no prompt with two answers that differ in a reward: it "
                          "needs algorithm.warm_start_source=policy with algorithm.warm_start_answers >= 2")
+    if module._trainer is None or module.trainer.is_global_zero:
+        ranked = set(triples)
+        reversed_pairs = sum((p, r, c) in ranked for p, c, r in ranked) // 2
+        _log.info(f"warm start: {len(triples)} ranked pairs; {reversed_pairs} answer pairs ranked one way at one corner "
+                  "and the other way at another (a conflict the preference must tell apart)")
     batches = pair_batches(module.tokenizer, module.conditioner, triples, corners, module.max_prompt_length,
                            module.sampler.max_new_tokens, module.warm_start_batch_size)
     return dpo_warm_start(module.policy, batches, module.warm_start_steps, module.warm_start_lr,

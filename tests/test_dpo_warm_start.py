@@ -97,3 +97,15 @@ def test_dpo_on_single_answers_names_the_fix():
     module.warm_start_loss, module.warm_start_steps = "dpo", 2
     with pytest.raises(ValueError, match="warm_start_source=policy"):  # one answer per prompt: nothing to rank
         warm_start_module(module, [(p, "an answer") for p in CORPUS[:4]])
+
+
+def test_the_warm_start_says_how_many_pairs_its_corners_rank_oppositely(caplog):
+    module = micro_module("alternating").float()  # rewards: a = len % 5, b = len % 3
+    module.warm_start_loss, module.warm_start_steps = "dpo", 1
+    pairs = [(CORPUS[0], "ab"), (CORPUS[0], "abcd"),   # a 2 / 4, b 2 / 1: a conflict
+             (CORPUS[1], "abc"), (CORPUS[1], "ab")]    # a 3 / 2, b 0 / 2: a conflict too
+    pairs += [(CORPUS[2], "abcd"), (CORPUS[2], "a")]   # a 4 / 1, b 1 / 1: ranked at corner a only
+    with caplog.at_level("INFO", logger="meal_pl"):
+        history = warm_start_module(module, pairs)
+    assert len(history) == 1
+    assert "5 ranked pairs; 2 answer pairs ranked one way at one corner and the other way" in caplog.text
