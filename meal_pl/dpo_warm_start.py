@@ -61,11 +61,9 @@ def dpo_warm_start(policy: PreTrainedModel, batches: list[PairBatch], steps: int
     step (its log-probabilities computed once, eval mode); the loss history."""
     if steps <= 0 or not batches:
         return []
-    was_training = policy.training
     policy.eval()
     with torch.no_grad():
         reference = [summed_logprobs(policy, [t.to(policy.device) for t in b], conditioner) for b in batches]
-    policy.train(was_training)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
     order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed))
     history = []

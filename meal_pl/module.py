@@ -233,10 +233,11 @@ class MealModule(FrontEvaluation, L.LightningModule):
         start = time.perf_counter()
         pairs, what = warm_start_pairs(self, datamodule, announce=self.trainer.is_global_zero)
         if self.trainer.is_global_zero:
-            dpo = self.warm_start_loss == "dpo"
-            how = "DPO steps on {}, each prompt's answers ranked at the simplex's corners (algorithm.warm_start_loss=dpo, " \
-                if dpo else "SFT steps on {} under the tags of the trade-off each achieves ("
-            _log.info(f"warm start: {self.warm_start_steps} {how.format(f'{len(pairs)} {what}')}algorithm.warm_start_steps)")
+            steps, on = self.warm_start_steps, f"{len(pairs)} {what}"
+            _log.info(f"warm start: {steps} DPO steps on {on}, each prompt's answers ranked at the simplex's corners "
+                      "(algorithm.warm_start_loss=dpo, algorithm.warm_start_steps)" if self.warm_start_loss == "dpo" else
+                      f"warm start: {steps} SFT steps on {on} under the tags of the trade-off each achieves "
+                      "(algorithm.warm_start_steps)")
         history = self.run_warm_start(pairs, seed=self.trainer.current_epoch)
         if history and self.trainer.is_global_zero:
             _log.info(f"warm start done in {time.perf_counter() - start:.0f} s: loss {history[0]:.3f} -> {history[-1]:.3f}")

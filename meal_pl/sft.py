@@ -123,8 +123,8 @@ def dpo_warm_start_module(module, prompts: list[str], responses: list[str], raw:
     """The warm start as DPO (algorithm.warm_start_loss=dpo): each prompt's answers ranked at the simplex's corners."""
     triples, corners = ranked_pairs(prompts, responses, raw)
     if not triples:
-        raise ValueError("algorithm.warm_start_loss=dpo found no prompt with two answers that differ in a reward: it "
-                         "needs algorithm.warm_start_source=policy with algorithm.warm_start_answers >= 2")
+        raise ValueError("algorithm.warm_start_loss=dpo found no prompt with two answers that differ in a reward: use "
+                         "data with two answers per prompt, or algorithm.warm_start_source=policy with warm_start_answers >= 2")
     if module._trainer is None or module.trainer.is_global_zero:
         ranked = set(triples)
         reversed_pairs = sum((p, r, c) in ranked for p, c, r in ranked) // 2
