@@ -15,6 +15,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from meal_pl.losses import corner_pairs, dpo_loss
+from meal_pl.offline_steps import offline_steps
 from meal_pl.sampling import encode_prompts
 from meal_pl.sequences import encode_responses, sequence_logprobs
 
@@ -64,17 +65,9 @@ def dpo_warm_start(policy: PreTrainedModel, batches: list[PairBatch], steps: int
     policy.eval()
     with torch.no_grad():
         reference = [summed_logprobs(policy, [t.to(policy.device) for t in b], conditioner) for b in batches]
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
-    order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed))
-    history = []
-    policy.train()
-    for step in range(steps):
-        i = int(order[step % len(batches)])
+
+    def batch_loss(i: int) -> Tensor:
         chosen, rejected = summed_logprobs(policy, [t.to(policy.device) for t in batches[i]], conditioner)
-        loss = dpo_loss(chosen, rejected, *reference[i], beta)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        optimizer.step()
-        history.append(loss.item())
-    return history
+        return dpo_loss(chosen, rejected, *reference[i], beta)
+
+    return offline_steps(policy, len(batches), steps, lr, batch_loss, seed)

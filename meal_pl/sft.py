@@ -16,6 +16,7 @@ from transformers import PreTrainedModel
 
 from meal_pl.dpo_warm_start import dpo_warm_start, pair_batches, ranked_pairs
 from meal_pl.losses import masked_mean, relabel, token_logprobs
+from meal_pl.offline_steps import offline_steps
 from meal_pl.sampling import encode_prompts, position_ids
 from meal_pl.sequences import encode_responses
 
@@ -53,21 +54,14 @@ def warm_start(
     """
     if steps <= 0 or not batches:
         return []
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
-    order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed))
-    history = []
-    policy.train()
-    for step in range(steps):
-        batch = [t.to(policy.device) for t in batches[int(order[step % len(batches)])]]
+
+    def batch_loss(i: int) -> Tensor:
+        batch = [t.to(policy.device) for t in batches[i]]
         with (conditioner.preference(policy, conditioner.weights_from_ids(batch[0])) if conditioner is not None
               else contextlib.nullcontext()):
-            loss = sft_loss(policy, *batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        optimizer.step()
-        history.append(loss.item())
-    return history
+            return sft_loss(policy, *batch)
+
+    return offline_steps(policy, len(batches), steps, lr, batch_loss, seed)
 
 
 @torch.no_grad()
