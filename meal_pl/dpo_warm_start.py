@@ -1,11 +1,13 @@
-"""The warm start as DPO on answer pairs ranked at the simplex's corners (algorithm.warm_start_loss=dpo).
+"""The warm start as DPO on answer pairs ranked at preferences on the simplex (algorithm.warm_start_loss=dpo).
 
 SFT under the trade-off each answer achieves (meal_pl/sft.py, RiC's offline stage) shows the policy one answer at a
 time; what w should change is only in the difference between answers. Here each prompt's answers are ranked under
 each corner w = e_k (the answer with the most of objective k over the one with the least, `losses.corner_pairs`),
 and the policy, conditioned on that corner's preference, learns the ranking by DPO against itself before the warm
 start. Where a prompt's answers conflict (one more helpful, the other more harmless), the two corners rank them
-oppositely: the preference is all that tells the two rankings apart.
+oppositely: the preference is all that tells the two rankings apart. With `algorithm.warm_start_dpo_points` the
+answers are also ranked at the preferences between the corners (`losses.preference_pairs`, on normalised rewards),
+so the policy is shown where along the simplex a conflict's ranking turns, not only its two ends.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from meal_pl.losses import corner_pairs, dpo_loss
+from meal_pl.losses import dpo_loss, preference_pairs
 from meal_pl.offline_steps import offline_steps
 from meal_pl.sampling import encode_prompts
 from meal_pl.sequences import encode_responses, sequence_logprobs
@@ -22,28 +24,32 @@ from meal_pl.sequences import encode_responses, sequence_logprobs
 PairBatch = tuple[Tensor, Tensor, Tensor, Tensor]  # (prefix, prefix_mask, responses, resp_mask), chosen rows then rejected
 
 
-def ranked_pairs(prompts: list[str], responses: list[str], raw: Tensor) -> tuple[list[tuple[str, str, str]], Tensor]:
-    """(prompt, chosen, rejected) triples and their corners' preferences (n,K), from (prompt, response) pairs and their
-    raw rewards (n,K): each prompt's answers grouped, then ranked at every corner (`losses.corner_pairs`)."""
+def ranked_pairs(prompts: list[str], responses: list[str], rewards: Tensor, preferences: Tensor | None = None
+                 ) -> tuple[list[tuple[str, str, str]], Tensor]:
+    """(prompt, chosen, rejected) triples and the preference (n,K) each is ranked under, from (prompt, response) pairs
+    and their rewards (n,K): each prompt's answers grouped, then ranked at every row of `preferences` (G,K; default
+    the K corners; `losses.preference_pairs`)."""
+    preferences = torch.eye(rewards.shape[-1]) if preferences is None else preferences
     by_prompt: dict[str, list[int]] = {}
     for i, p in enumerate(prompts):
         by_prompt.setdefault(p, []).append(i)
-    triples, corners = [], []
-    for rows in by_prompt.values():  # equal answers tie at every corner and give no pair
-        for _, c, r, k in corner_pairs(raw[rows][None]):
+    triples, ranked_under = [], []
+    for rows in by_prompt.values():  # equal answers tie at every preference and give no pair
+        for _, c, r, g in preference_pairs(rewards[rows][None], preferences):
             triples.append((prompts[rows[c]], responses[rows[c]], responses[rows[r]]))
-            corners.append(torch.nn.functional.one_hot(torch.tensor(k), raw.shape[-1]).float())
-    return triples, (torch.stack(corners) if corners else torch.zeros(0, raw.shape[-1]))
+            ranked_under.append(preferences[g].to(torch.float32))
+    return triples, (torch.stack(ranked_under) if ranked_under else torch.zeros(0, rewards.shape[-1]))
 
 
-def pair_batches(tokenizer, conditioner, triples: list[tuple[str, str, str]], corners: Tensor, max_prompt_length: int,
+def pair_batches(tokenizer, conditioner, triples: list[tuple[str, str, str]], preferences: Tensor, max_prompt_length: int,
                  max_new_tokens: int, batch_size: int) -> list[PairBatch]:
-    """Batches of `batch_size` triples: each prompt under its corner's preference, twice (chosen rows, then rejected)."""
+    """Batches of `batch_size` triples: each prompt under the preference it is ranked at, twice (chosen rows, then
+    rejected)."""
     batches = []
     for i in range(0, len(triples), batch_size):
         chunk = triples[i : i + batch_size]
         ids, mask, _ = encode_prompts(tokenizer, [p for p, _, _ in chunk], max_prompt_length)
-        ids, mask = conditioner.condition(ids, mask, corners[i : i + batch_size])
+        ids, mask = conditioner.condition(ids, mask, preferences[i : i + batch_size])
         resp, resp_mask = encode_responses(tokenizer, [c for _, c, _ in chunk] + [r for _, _, r in chunk], max_new_tokens)
         batches.append((ids.repeat(2, 1), mask.repeat(2, 1), resp, resp_mask))
     return batches

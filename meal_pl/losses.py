@@ -213,19 +213,29 @@ def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
     return -F.logsigmoid(beta * margin).mean()
 
 
-def corner_pairs(rewards: Tensor) -> list[tuple[int, int, int, int]]:
-    """(prompt, chosen, rejected, k) for each prompt's answers (P,A,K) and each corner e_k of the simplex: under w = e_k
-    the answer with the most of objective k over the one with the least. Ties (equal r_k) and non-finite rewards give
-    no pair. A conflict (one answer more helpful, the other more harmless) is ranked one way at one corner and the
-    other way at the other: what ties the preference to the trade-off."""
+def preference_pairs(rewards: Tensor, preferences: Tensor) -> list[tuple[int, int, int, int]]:
+    """(prompt, chosen, rejected, g) for each prompt's answers (P,A,K) and each preference w_g (G,K): under w_g's
+    linear score w_g . r, the answer that scores most over the one that scores least. Ties and answers with a
+    non-finite reward give no pair. Between the corners the rewards must share a scale (normalised): a conflict
+    (one answer more helpful, the other more harmless) is ranked one way on one side of the w where the two scores
+    cross and the other way on the other, so interior preferences say where along the simplex the ranking turns.
+    With two answers the Tchebycheff score ranks them as the linear one does."""
     pairs = []
     for p in range(rewards.shape[0]):
         usable = torch.isfinite(rewards[p]).all(-1).nonzero().flatten()
         if len(usable) < 2:
             continue
-        for k in range(rewards.shape[-1]):
-            column = rewards[p, usable, k]
-            best, worst = int(usable[column.argmax()]), int(usable[column.argmin()])
-            if rewards[p, best, k] > rewards[p, worst, k]:
-                pairs.append((p, best, worst, k))
+        for g, w in enumerate(preferences.to(rewards.dtype)):
+            scores = rewards[p, usable] @ w
+            best, worst = int(usable[scores.argmax()]), int(usable[scores.argmin()])
+            if scores.max() > scores.min():
+                pairs.append((p, best, worst, g))
     return pairs
+
+
+def corner_pairs(rewards: Tensor) -> list[tuple[int, int, int, int]]:
+    """(prompt, chosen, rejected, k) for each prompt's answers (P,A,K) and each corner e_k of the simplex: under w = e_k
+    the answer with the most of objective k over the one with the least (`preference_pairs` at the K corners). A
+    conflict is ranked one way at one corner and the other way at the other: what ties the preference to the
+    trade-off."""
+    return preference_pairs(rewards, torch.eye(rewards.shape[-1]))

@@ -83,6 +83,7 @@ class MealModule(FrontEvaluation, L.LightningModule):
         accumulate_grad_batches: int = 1, lora: dict[str, Any] | None = None, neutral_tags: bool = False,
         tag_lr_scale: float = 1.0, warm_start_source: str = "data", warm_start_answers: int = 2,
         warm_start_prompts: int = 0, warm_start_loss: str = "sft", warm_start_dpo_beta: float = 0.1,
+        warm_start_dpo_points: int = 0,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -97,6 +98,9 @@ class MealModule(FrontEvaluation, L.LightningModule):
             raise ValueError(f"algorithm.warm_start_loss={warm_start_loss!r}; choose one of {WARM_START_LOSSES}")
         if not (math.isfinite(warm_start_dpo_beta) and warm_start_dpo_beta > 0):
             raise ValueError(f"algorithm.warm_start_dpo_beta={warm_start_dpo_beta} must be a finite number > 0, e.g. 0.1")
+        if warm_start_dpo_points < 0 or warm_start_dpo_points == 1:
+            raise ValueError(f"algorithm.warm_start_dpo_points={warm_start_dpo_points}: use 0 (the simplex's corners) or "
+                             "a grid of at least K points, e.g. 5")
         if warm_start_answers < 1 or warm_start_prompts < 0:
             raise ValueError(f"algorithm.warm_start_answers={warm_start_answers} must be >= 1 and "
                              f"algorithm.warm_start_prompts={warm_start_prompts} >= 0 (0: every training prompt)")
@@ -143,6 +147,7 @@ class MealModule(FrontEvaluation, L.LightningModule):
         self.warm_start_source, self.warm_start_answers = warm_start_source, warm_start_answers
         self.warm_start_prompts = warm_start_prompts
         self.warm_start_loss, self.warm_start_dpo_beta = warm_start_loss, warm_start_dpo_beta
+        self.warm_start_dpo_points = warm_start_dpo_points
         self.histogram_every_n_steps, self.accumulate_grad_batches = histogram_every_n_steps, accumulate_grad_batches
         # Unconditioned baselines (linear, soups): every prompt carries the uniform tag in training and
         # evaluation, so preferences act through selection only and a front must come from separate policies.
@@ -234,7 +239,8 @@ class MealModule(FrontEvaluation, L.LightningModule):
         pairs, what = warm_start_pairs(self, datamodule, announce=self.trainer.is_global_zero)
         if self.trainer.is_global_zero:
             steps, on = self.warm_start_steps, f"{len(pairs)} {what}"
-            _log.info(f"warm start: {steps} DPO steps on {on}, each prompt's answers ranked at the simplex's corners "
+            _log.info(f"warm start: {steps} DPO steps on {on}, each prompt's answers ranked at the simplex's "
+                      f"{'corners' if self.warm_start_dpo_points == 0 else f'{self.warm_start_dpo_points}-point grid'} "
                       "(algorithm.warm_start_loss=dpo, algorithm.warm_start_steps)" if self.warm_start_loss == "dpo" else
                       f"warm start: {steps} SFT steps on {on} under the tags of the trade-off each achieves "
                       "(algorithm.warm_start_steps)")

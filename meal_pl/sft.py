@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 from meal_pl.dpo_warm_start import dpo_warm_start, pair_batches, ranked_pairs
 from meal_pl.losses import masked_mean, relabel, token_logprobs
 from meal_pl.offline_steps import offline_steps
+from meal_pl.pareto import simplex_grid
 from meal_pl.sampling import encode_prompts, position_ids
 from meal_pl.sequences import encode_responses
 
@@ -113,18 +114,33 @@ def warm_start_module(module, pairs: list[tuple[str, str]], seed: int = 0) -> li
                       conditioner=module.conditioner)
 
 
+def dpo_preferences(num_objectives: int, points: int) -> Tensor:
+    """The preferences the DPO warm start ranks answers at: the K corners (points=0), or the simplex grid of `points`
+    (K=2, 5: w_1 = 0, 0.25, ..., 1)."""
+    if points == 0:
+        return torch.eye(num_objectives)
+    if points < num_objectives:
+        raise ValueError(f"algorithm.warm_start_dpo_points={points} is below the {num_objectives} objectives' corners: "
+                         f"use 0 (the corners) or at least {num_objectives}")
+    return simplex_grid(num_objectives, points)
+
+
 def dpo_warm_start_module(module, prompts: list[str], responses: list[str], raw: Tensor, seed: int = 0) -> list[float]:
-    """The warm start as DPO (algorithm.warm_start_loss=dpo): each prompt's answers ranked at the simplex's corners."""
-    triples, corners = ranked_pairs(prompts, responses, raw)
+    """The warm start as DPO (algorithm.warm_start_loss=dpo): each prompt's answers ranked at the corners or on a grid
+    of the simplex (algorithm.warm_start_dpo_points), on the run's normalised rewards."""
+    preferences = dpo_preferences(raw.shape[-1], module.warm_start_dpo_points)
+    triples, ranked_under = ranked_pairs(prompts, responses, module.reward_norm.normalize(raw), preferences)
     if not triples:
         raise ValueError("algorithm.warm_start_loss=dpo found no prompt with two answers that differ in a reward: use "
                          "data with two answers per prompt, or algorithm.warm_start_source=policy with warm_start_answers >= 2")
     if module._trainer is None or module.trainer.is_global_zero:
         ranked = set(triples)
         reversed_pairs = sum((p, r, c) in ranked for p, c, r in ranked) // 2
-        _log.info(f"warm start: {len(triples)} ranked pairs; {reversed_pairs} answer pairs ranked one way at one corner "
-                  "and the other way at another (a conflict the preference must tell apart)")
-    batches = pair_batches(module.tokenizer, module.conditioner, triples, corners, module.max_prompt_length,
+        where = "corner" if module.warm_start_dpo_points == 0 else "preference"
+        _log.info(f"warm start: {len(triples)} ranked pairs at {len(preferences)} preferences; {reversed_pairs} answer "
+                  f"pairs ranked one way at one {where} and the other way at another (a conflict the preference must "
+                  "tell apart)")
+    batches = pair_batches(module.tokenizer, module.conditioner, triples, ranked_under, module.max_prompt_length,
                            module.sampler.max_new_tokens, module.warm_start_batch_size)
     return dpo_warm_start(module.policy, batches, module.warm_start_steps, module.warm_start_lr,
                           module.warm_start_dpo_beta, seed=seed, conditioner=module.conditioner)

@@ -8,9 +8,9 @@ from conftest import train_cli
 from test_meta import CORPUS, micro_module
 
 from meal_pl.dpo_warm_start import dpo_warm_start, pair_batches, ranked_pairs, summed_logprobs
-from meal_pl.losses import corner_pairs, dpo_loss
+from meal_pl.losses import corner_pairs, dpo_loss, preference_pairs
 from meal_pl.module import MealModule
-from meal_pl.sft import warm_start_module
+from meal_pl.sft import dpo_preferences, warm_start_module
 from meal_pl.train import train
 
 
@@ -36,6 +36,26 @@ def test_corner_pairs_rank_a_conflict_both_ways_and_a_dominant_answer_the_same_w
     assert corner_pairs(torch.tensor([[[0.9, 0.1]]])) == []  # one answer: nothing to rank
 
 
+def test_preference_pairs_turn_a_conflicts_ranking_where_the_two_scores_cross():
+    rewards = torch.tensor([
+        [[1.0, -1.0], [-0.5, 0.5]],  # conflict: w . (r_0 - r_1) = 1.5 w_0 - 1.5 w_1 crosses 0 at w = (0.5, 0.5)
+        [[0.5, 0.5], [0.1, 0.2]],    # answer 0 dominates: the same pair at every preference
+    ])
+    grid = torch.tensor([[0.0, 1.0], [0.25, 0.75], [0.5, 0.5], [0.75, 0.25], [1.0, 0.0]])
+    assert preference_pairs(rewards, grid) == [(0, 1, 0, 0), (0, 1, 0, 1), (0, 0, 1, 3), (0, 0, 1, 4),
+                                               (1, 0, 1, 0), (1, 0, 1, 1), (1, 0, 1, 2), (1, 0, 1, 3), (1, 0, 1, 4)]
+    # at the corners it is corner_pairs, corner k's pairs at row k
+    assert preference_pairs(rewards, torch.eye(2)) == corner_pairs(rewards)
+
+
+def test_dpo_preferences_are_the_corners_or_the_simplex_grid_and_a_grid_below_the_corners_names_the_key():
+    assert dpo_preferences(2, 0).tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    assert dpo_preferences(2, 5)[:, 0].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert len(dpo_preferences(3, 6)) == 6
+    with pytest.raises(ValueError, match="warm_start_dpo_points=2 is below the 3 objectives"):
+        dpo_preferences(3, 2)
+
+
 def test_ranked_pairs_group_answers_by_prompt_whatever_their_order():
     prompts = ["p", "q", "p", "q", "r"]
     responses = ["p-helpful", "q-same", "p-harmless", "q-same", "r-alone"]
@@ -43,6 +63,10 @@ def test_ranked_pairs_group_answers_by_prompt_whatever_their_order():
     triples, corners = ranked_pairs(prompts, responses, raw)
     assert triples == [("p", "p-helpful", "p-harmless"), ("p", "p-harmless", "p-helpful")]
     assert corners.tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    grid = torch.tensor([[0.0, 1.0], [0.25, 0.75], [0.5, 0.5], [1.0, 0.0]])
+    triples, under = ranked_pairs(prompts, responses, raw, grid)
+    assert triples == [("p", "p-harmless", "p-helpful"), ("p", "p-harmless", "p-helpful"), ("p", "p-helpful", "p-harmless")]
+    assert under[:, 0].tolist() == [0.0, 0.25, 1.0]  # at (0.5, 0.5) the two answers tie (0.5 each): no pair
 
 
 def _conflict_batches(module):
@@ -70,7 +94,7 @@ def test_dpo_warm_start_teaches_the_corners_opposite_rankings():
     assert after[0] > before[0] + 1.0 and after[1] > before[1] + 1.0
 
 
-def test_a_run_warm_starts_by_dpo_on_the_policys_own_answers(tiny_cfg, monkeypatch):
+def test_a_run_warm_starts_by_dpo_on_the_policys_own_answers_ranked_on_a_grid(tiny_cfg, monkeypatch, caplog):
     seen = {}
     original = MealModule.run_warm_start
 
@@ -79,14 +103,17 @@ def test_a_run_warm_starts_by_dpo_on_the_policys_own_answers(tiny_cfg, monkeypat
         return seen["history"]
 
     monkeypatch.setattr(MealModule, "run_warm_start", spy)
-    train(tiny_cfg("objective=synthetic", "logger=none", "trainer.max_steps=1", "algorithm.warm_start_source=policy",
-                   "algorithm.warm_start_answers=3", "algorithm.warm_start_prompts=4", "algorithm.warm_start_loss=dpo",
-                   "algorithm.warm_start_steps=3"))
+    with caplog.at_level("INFO", logger="meal_pl"):
+        train(tiny_cfg("objective=synthetic", "logger=none", "trainer.max_steps=1", "algorithm.warm_start_source=policy",
+                       "algorithm.warm_start_answers=3", "algorithm.warm_start_prompts=4", "algorithm.warm_start_loss=dpo",
+                       "algorithm.warm_start_steps=3", "algorithm.warm_start_dpo_points=3"))
     assert len(seen["history"]) == 3 and seen["history"][0] == pytest.approx(math.log(2), abs=1e-3)
+    assert "ranked at the simplex's 3-point grid" in caplog.text and " at 3 preferences; " in caplog.text
 
 
 @pytest.mark.parametrize("override, named", [("algorithm.warm_start_loss=ppo", "warm_start_loss='ppo'"),
-                                              ("algorithm.warm_start_dpo_beta=0", "warm_start_dpo_beta=0")])
+                                              ("algorithm.warm_start_dpo_beta=0", "warm_start_dpo_beta=0"),
+                                              ("algorithm.warm_start_dpo_points=1", "warm_start_dpo_points=1")])
 def test_a_bad_warm_start_loss_is_one_line_naming_the_key(monkeypatch, capsys, tmp_path, override, named):
     code, err = train_cli(monkeypatch, capsys, "objective=synthetic", f"hydra.run.dir={tmp_path}", override)
     assert code != 0 and named in err and len(err.strip().splitlines()) == 1
@@ -108,4 +135,4 @@ def test_the_warm_start_says_how_many_pairs_its_corners_rank_oppositely(caplog):
     with caplog.at_level("INFO", logger="meal_pl"):
         history = warm_start_module(module, pairs)
     assert len(history) == 1
-    assert "5 ranked pairs; 2 answer pairs ranked one way at one corner and the other way" in caplog.text
+    assert "5 ranked pairs at 2 preferences; 2 answer pairs ranked one way at one corner and the other way" in caplog.text
