@@ -17,7 +17,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from meal_pl.losses import dpo_loss, preference_pairs
-from meal_pl.offline_steps import offline_steps
+from meal_pl.offline_steps import offline_steps, visited_batches
 from meal_pl.sampling import encode_prompts
 from meal_pl.sequences import encode_responses, sequence_logprobs
 
@@ -69,8 +69,9 @@ def dpo_warm_start(policy: PreTrainedModel, batches: list[PairBatch], steps: int
     if steps <= 0 or not batches:
         return []
     policy.eval()
-    with torch.no_grad():
-        reference = [summed_logprobs(policy, [t.to(policy.device) for t in b], conditioner) for b in batches]
+    with torch.no_grad():  # only the batches the steps will draw: fewer steps than batches leave some unread
+        reference = {i: summed_logprobs(policy, [t.to(policy.device) for t in batches[i]], conditioner)
+                     for i in visited_batches(len(batches), steps, seed)}
 
     def batch_loss(i: int) -> Tensor:
         chosen, rejected = summed_logprobs(policy, [t.to(policy.device) for t in batches[i]], conditioner)

@@ -8,12 +8,23 @@ import torch
 from torch import Tensor
 
 
+def batch_order(num_batches: int, seed: int = 0) -> Tensor:
+    """The seeded random order `offline_steps` takes its batches in (cycled past the last)."""
+    return torch.randperm(num_batches, generator=torch.Generator().manual_seed(seed))
+
+
+def visited_batches(num_batches: int, steps: int, seed: int = 0) -> list[int]:
+    """The batches `steps` steps of `offline_steps` use, in index order: what a loss needs precomputed."""
+    order = batch_order(num_batches, seed)
+    return sorted({int(order[step % num_batches]) for step in range(steps)})
+
+
 def offline_steps(policy: torch.nn.Module, num_batches: int, steps: int, lr: float, batch_loss: Callable[[int], Tensor],
                   seed: int = 0) -> list[float]:
     """`steps` AdamW steps (gradients clipped to norm 1), each on `batch_loss(i)` for batch i of `num_batches` taken in a
     seeded random order (cycled); the loss history."""
     optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
-    order = torch.randperm(num_batches, generator=torch.Generator().manual_seed(seed))
+    order = batch_order(num_batches, seed)
     history = []
     policy.train()
     for step in range(steps):
