@@ -98,9 +98,9 @@ class MealModule(FrontEvaluation, L.LightningModule):
             raise ValueError(f"algorithm.warm_start_loss={warm_start_loss!r}; choose one of {WARM_START_LOSSES}")
         if not (math.isfinite(warm_start_dpo_beta) and warm_start_dpo_beta > 0):
             raise ValueError(f"algorithm.warm_start_dpo_beta={warm_start_dpo_beta} must be a finite number > 0, e.g. 0.1")
-        if warm_start_dpo_points < 0 or warm_start_dpo_points == 1:
-            raise ValueError(f"algorithm.warm_start_dpo_points={warm_start_dpo_points}: use 0 (the simplex's corners) or "
-                             "a grid of at least K points, e.g. 5")
+        if warm_start_dpo_points < 0 or 0 < warm_start_dpo_points < len(self.objective_names):
+            raise ValueError(f"algorithm.warm_start_dpo_points={warm_start_dpo_points}: use 0 (the simplex's corners) or a "
+                             f"grid of at least the {len(self.objective_names)} objectives' corners, e.g. 5")
         if warm_start_answers < 1 or warm_start_prompts < 0:
             raise ValueError(f"algorithm.warm_start_answers={warm_start_answers} must be >= 1 and "
                              f"algorithm.warm_start_prompts={warm_start_prompts} >= 0 (0: every training prompt)")
