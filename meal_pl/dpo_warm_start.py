@@ -2,7 +2,7 @@
 
 SFT under the trade-off each answer achieves (meal_pl/sft.py, RiC's offline stage) shows the policy one answer at a
 time; what w should change is only in the difference between answers. Here each prompt's answers are ranked under
-each corner w = e_k (the answer with the most of objective k over the one with the least, `losses.corner_pairs`),
+each corner w = e_k (the answer with the most of objective k over the one with the least, `losses.preference_pairs` at the corners),
 and the policy, conditioned on that corner's preference, learns the ranking by DPO against itself before the warm
 start. Where a prompt's answers conflict (one more helpful, the other more harmless), the two corners rank them
 oppositely: the preference is all that tells the two rankings apart. With `algorithm.warm_start_dpo_points` the

@@ -232,10 +232,3 @@ def preference_pairs(rewards: Tensor, preferences: Tensor) -> list[tuple[int, in
                 pairs.append((p, best, worst, g))
     return pairs
 
-
-def corner_pairs(rewards: Tensor) -> list[tuple[int, int, int, int]]:
-    """(prompt, chosen, rejected, k) for each prompt's answers (P,A,K) and each corner e_k of the simplex: under w = e_k
-    the answer with the most of objective k over the one with the least (`preference_pairs` at the K corners). A
-    conflict is ranked one way at one corner and the other way at the other: what ties the preference to the
-    trade-off."""
-    return preference_pairs(rewards, torch.eye(rewards.shape[-1]))

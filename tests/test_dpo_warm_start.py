@@ -8,7 +8,7 @@ from conftest import train_cli
 from test_meta import CORPUS, micro_module
 
 from meal_pl.dpo_warm_start import dpo_warm_start, pair_batches, ranked_pairs, summed_logprobs
-from meal_pl.losses import corner_pairs, dpo_loss, preference_pairs
+from meal_pl.losses import dpo_loss, preference_pairs
 from meal_pl.module import MealModule
 from meal_pl.sft import dpo_preferences, warm_start_module
 from meal_pl.train import train
@@ -24,16 +24,17 @@ def test_dpo_loss_is_log2_at_the_reference_and_falls_as_the_chosen_answer_gains(
     assert dpo_loss(ref_c, ref_r, ref_c, ref_r, beta=0.5).item() == pytest.approx(math.log(2))
 
 
-def test_corner_pairs_rank_a_conflict_both_ways_and_a_dominant_answer_the_same_way():
+def test_preference_pairs_at_the_corners_rank_a_conflict_both_ways_and_a_dominant_answer_the_same_way():
+    corners = torch.eye(2)
     rewards = torch.tensor([
         [[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]],  # conflict: answer 0 the most helpful, answer 1 the most harmless
         [[0.5, 0.5], [0.1, 0.2], [0.3, 0.1]],  # answer 0 dominates; corner 0's worst is 1, corner 1's is 2
     ])
-    assert corner_pairs(rewards) == [(0, 0, 1, 0), (0, 1, 0, 1), (1, 0, 1, 0), (1, 0, 2, 1)]
-    assert corner_pairs(torch.full((1, 3, 2), 0.4)) == []  # ties everywhere: no pair
+    assert preference_pairs(rewards, corners) == [(0, 0, 1, 0), (0, 1, 0, 1), (1, 0, 1, 0), (1, 0, 2, 1)]
+    assert preference_pairs(torch.full((1, 3, 2), 0.4), corners) == []  # ties everywhere: no pair
     with_nan = torch.tensor([[[0.9, float("nan")], [0.2, 0.8], [0.1, 0.9]]])
-    assert corner_pairs(with_nan) == [(0, 1, 2, 0), (0, 2, 1, 1)]  # the NaN answer ranks against nothing
-    assert corner_pairs(torch.tensor([[[0.9, 0.1]]])) == []  # one answer: nothing to rank
+    assert preference_pairs(with_nan, corners) == [(0, 1, 2, 0), (0, 2, 1, 1)]  # the NaN answer ranks against nothing
+    assert preference_pairs(torch.tensor([[[0.9, 0.1]]]), corners) == []  # one answer: nothing to rank
 
 
 def test_preference_pairs_turn_a_conflicts_ranking_where_the_two_scores_cross():
@@ -44,8 +45,8 @@ def test_preference_pairs_turn_a_conflicts_ranking_where_the_two_scores_cross():
     grid = torch.tensor([[0.0, 1.0], [0.25, 0.75], [0.5, 0.5], [0.75, 0.25], [1.0, 0.0]])
     assert preference_pairs(rewards, grid) == [(0, 1, 0, 0), (0, 1, 0, 1), (0, 0, 1, 3), (0, 0, 1, 4),
                                                (1, 0, 1, 0), (1, 0, 1, 1), (1, 0, 1, 2), (1, 0, 1, 3), (1, 0, 1, 4)]
-    # at the corners it is corner_pairs, corner k's pairs at row k
-    assert preference_pairs(rewards, torch.eye(2)) == corner_pairs(rewards)
+    # at the corners only each objective's own order counts, whatever the other's scale
+    assert preference_pairs(rewards * torch.tensor([1.0, 100.0]), torch.eye(2)) == preference_pairs(rewards, torch.eye(2))
 
 
 def test_dpo_preferences_are_the_corners_or_the_simplex_grid_and_a_grid_below_the_corners_names_the_key():
