@@ -24,12 +24,11 @@ from meal_pl.sequences import encode_responses, sequence_logprobs
 PairBatch = tuple[Tensor, Tensor, Tensor, Tensor]  # (prefix, prefix_mask, responses, resp_mask), chosen rows then rejected
 
 
-def ranked_pairs(prompts: list[str], responses: list[str], rewards: Tensor, preferences: Tensor | None = None
+def ranked_pairs(prompts: list[str], responses: list[str], rewards: Tensor, preferences: Tensor
                  ) -> tuple[list[tuple[str, str, str]], Tensor]:
     """(prompt, chosen, rejected) triples and the preference (n,K) each is ranked under, from (prompt, response) pairs
-    and their rewards (n,K): each prompt's answers grouped, then ranked at every row of `preferences` (G,K; default
-    the K corners; `losses.preference_pairs`)."""
-    preferences = torch.eye(rewards.shape[-1]) if preferences is None else preferences
+    and their rewards (n,K): each prompt's answers grouped, then ranked at every row of `preferences` (G,K: the
+    corners or a grid, `sft.dpo_preferences`; `losses.preference_pairs`)."""
     by_prompt: dict[str, list[int]] = {}
     for i, p in enumerate(prompts):
         by_prompt.setdefault(p, []).append(i)

@@ -61,7 +61,7 @@ def test_ranked_pairs_group_answers_by_prompt_whatever_their_order():
     prompts = ["p", "q", "p", "q", "r"]
     responses = ["p-helpful", "q-same", "p-harmless", "q-same", "r-alone"]
     raw = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8], [0.5, 0.5], [0.3, 0.3]])
-    triples, corners = ranked_pairs(prompts, responses, raw)
+    triples, corners = ranked_pairs(prompts, responses, raw, torch.eye(2))
     assert triples == [("p", "p-helpful", "p-harmless"), ("p", "p-harmless", "p-helpful")]
     assert corners.tolist() == [[1.0, 0.0], [0.0, 1.0]]
     grid = torch.tensor([[0.0, 1.0], [0.25, 0.75], [0.5, 0.5], [1.0, 0.0]])
