@@ -46,7 +46,7 @@ from meal_pl.rewards import RewardSet, RunningRewardNorm
 from meal_pl.rollout import Rollout, gather
 from meal_pl.sampling import RejectionSampler, generate_eval_mode, position_ids
 from meal_pl.sequences import conditioned, sequence_logprobs
-from meal_pl.sft import warm_start_length, warm_start_module, warm_start_pairs
+from meal_pl.sft import dpo_preferences, warm_start_length, warm_start_module, warm_start_pairs
 from meal_pl.step_metrics import publish, step_metrics
 
 _log = logging.getLogger("meal_pl")
@@ -98,9 +98,7 @@ class MealModule(FrontEvaluation, L.LightningModule):
             raise ValueError(f"algorithm.warm_start_loss={warm_start_loss!r}; choose one of {WARM_START_LOSSES}")
         if not (math.isfinite(warm_start_dpo_beta) and warm_start_dpo_beta > 0):
             raise ValueError(f"algorithm.warm_start_dpo_beta={warm_start_dpo_beta} must be a finite number > 0, e.g. 0.1")
-        if warm_start_dpo_points < 0 or 0 < warm_start_dpo_points < len(self.objective_names):
-            raise ValueError(f"algorithm.warm_start_dpo_points={warm_start_dpo_points}: use 0 (the simplex's corners) or a "
-                             f"grid of at least the {len(self.objective_names)} objectives' corners, e.g. 5")
+        dpo_preferences(len(self.objective_names), warm_start_dpo_points)  # its check, here: before minutes of sampling
         if warm_start_answers < 1 or warm_start_prompts < 0:
             raise ValueError(f"algorithm.warm_start_answers={warm_start_answers} must be >= 1 and "
                              f"algorithm.warm_start_prompts={warm_start_prompts} >= 0 (0: every training prompt)")
