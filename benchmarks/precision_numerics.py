@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import ROOT, write_report
+from common import ROOT, SMOLLM2_STEPS, write_report
 from hydra import initialize_config_dir
 
 from meal_pl import precision
@@ -48,7 +48,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def policy_numerics(prompts: int, out: Path) -> dict:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = run_config(["experiment=smollm2_lora"], out)
+        cfg = run_config(SMOLLM2_STEPS, out)
     datamodule, module = build(cfg)
     module.eval()
     torch.manual_seed(0)

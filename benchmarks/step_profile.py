@@ -33,7 +33,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from common import NO_EVAL, ROOT, StepClock, quick_config, write_report
+from common import NO_EVAL, ROOT, SMOLLM2_STEPS, StepClock, quick_config, write_report
 from hydra import initialize_config_dir
 from peak import measure as measure_peak
 
@@ -59,7 +59,7 @@ def compose(method: str, model: str, overrides: list[str], out: Path):
     """The bench's quick config of `method` (tiny), or experiment=smollm2_lora (meal only) with the overrides."""
     if model == "smollm2":
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return run_config(["experiment=smollm2_lora", *overrides], out)
+            return run_config([*SMOLLM2_STEPS, *overrides], out)
     return quick_config(method, overrides, out)
 
 

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import ROOT, write_report
+from common import ROOT, SMOLLM2_STEPS, write_report
 from hydra import initialize_config_dir
 from step_profile import profile
 
@@ -46,7 +46,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as runs:
         meal = profile("meal", args.steps, args.skip, Path(runs), None, tuple(args.set), precision=None, model="smollm2", count=0)
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = run_config(["experiment=smollm2_lora", f"trainer.max_steps={args.skip + args.steps}", *args.set],
+            cfg = run_config([*SMOLLM2_STEPS, f"trainer.max_steps={args.skip + args.steps}", *args.set],
                              Path(runs) / "trl")
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg.threads))
