@@ -34,6 +34,17 @@ TINY = [
     "~callbacks.progress_bar",
 ]
 
+# One policy step on the synthetic objective, no warm start, no evaluation, no logs: for tests of what happens
+# around a run (checkpoints, errors, faults), not of what it learns.
+ONE_STEP = TINY + [
+    "objective=synthetic",
+    "logger=none",
+    "algorithm.warm_start_steps=0",
+    "trainer.max_steps=1",
+    "~callbacks.pareto_eval",
+    "~callbacks.run_summary",
+]
+
 
 def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
     """The composed `train` config with Hydra's runtime fields set, pointed at output_dir."""

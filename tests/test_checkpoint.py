@@ -6,22 +6,13 @@ import time
 
 import pytest
 import torch
-from conftest import TINY, compose_train
+from conftest import ONE_STEP, compose_train
 from omegaconf import OmegaConf
 
 from meal_pl import train as entry
 from meal_pl.checkpoint import SafeCheckpointIO, find_last_checkpoint
 from meal_pl.runs import RunGuard
 from meal_pl.train import resolve_ckpt_path, train
-
-MICRO = TINY + [
-    "objective=synthetic",
-    "logger=none",
-    "algorithm.warm_start_steps=0",
-    "trainer.max_steps=1",
-    "~callbacks.pareto_eval",
-    "~callbacks.run_summary",
-]
 
 
 def _checkpoint(step: int) -> dict:
@@ -70,7 +61,7 @@ def test_corrupt_or_foreign_checkpoints_are_refused_naming_the_path(tmp_path):
 @pytest.fixture(scope="module")
 def micro_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("micro")
-    train(compose_train(MICRO, out))
+    train(compose_train(ONE_STEP, out))
     return out / "checkpoints" / "last.ckpt"
 
 
@@ -84,7 +75,7 @@ def micro_checkpoint(tmp_path_factory):
     ],
 )
 def test_mismatched_checkpoint_is_refused_with_what_differs(micro_checkpoint, tmp_path, override, message):
-    cfg = compose_train(MICRO + [override, f"ckpt_path={micro_checkpoint}"], tmp_path)
+    cfg = compose_train(ONE_STEP + [override, f"ckpt_path={micro_checkpoint}"], tmp_path)
     with pytest.raises(ValueError, match=message) as err:
         train(cfg)
     assert str(micro_checkpoint) in str(err.value) and "\n" not in str(err.value)
@@ -133,7 +124,7 @@ def test_a_run_never_starts_in_a_directory_that_holds_files(tmp_path, monkeypatc
     used = tmp_path / "used"
     used.mkdir()
     (used / "pareto.json").write_text("{}")
-    monkeypatch.setattr(sys, "argv", ["meal_pl.train", f"hydra.run.dir={used}", *MICRO])
+    monkeypatch.setattr(sys, "argv", ["meal_pl.train", f"hydra.run.dir={used}", *ONE_STEP])
     with pytest.raises(SystemExit) as exit_:
         entry.cli()
     assert exit_.value.code == 2

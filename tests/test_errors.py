@@ -4,21 +4,12 @@ import sys
 
 import pytest
 import torch
-from conftest import TINY, compose_train, train_cli
+from conftest import ONE_STEP, compose_train, train_cli
 
 from meal_pl import train as entry
 from meal_pl.pwn import FixedPreferences
 from meal_pl.runs import check_group_overrides
 from meal_pl.sampling import RejectionSampler
-
-MICRO = TINY + [
-    "objective=synthetic",
-    "logger=none",
-    "algorithm.warm_start_steps=0",
-    "trainer.max_steps=1",
-    "~callbacks.pareto_eval",
-    "~callbacks.run_summary",
-]
 
 
 @pytest.mark.parametrize(
@@ -51,7 +42,7 @@ def test_cli_prints_one_line_and_exits_2_for_an_unknown_option(monkeypatch, caps
 
 def test_cli_reports_a_run_error_in_one_line_and_keeps_the_traceback_in_the_run_dir(monkeypatch, capsys, tmp_path):
     run_dir, missing = tmp_path / "run", tmp_path / "prompts.jsonl"
-    code, err = train_cli(monkeypatch, capsys, f"data.path={missing}", f"hydra.run.dir={run_dir}", *MICRO)
+    code, err = train_cli(monkeypatch, capsys, f"data.path={missing}", f"hydra.run.dir={run_dir}", *ONE_STEP)
     assert code != 0
     assert err.splitlines()[0] == (
         f"error: data file not found: {missing} (config key data.path; a relative path is relative to the "
@@ -85,20 +76,20 @@ def test_unknown_scalarization_is_refused_with_the_choices():
 
 
 def test_prompt_budget_over_the_model_context_is_refused(tmp_path):
-    cfg = compose_train(MICRO + ["algorithm.max_prompt_length=600"], tmp_path)
+    cfg = compose_train(ONE_STEP + ["algorithm.max_prompt_length=600"], tmp_path)
     with pytest.raises(ValueError, match=r"algorithm.max_prompt_length=600 \+ 2 preference tags \+ .* exceed the model context of 512"):
         entry.train(cfg)
 
 
 def test_prompt_overflow_error_refuses_long_prompts_before_training(tmp_path):
-    cfg = compose_train(MICRO + ["algorithm.max_prompt_length=8", "algorithm.prompt_overflow=error"], tmp_path)
+    cfg = compose_train(ONE_STEP + ["algorithm.max_prompt_length=8", "algorithm.prompt_overflow=error"], tmp_path)
     with pytest.raises(ValueError, match=r"\d+ of \d+ prompts are longer than algorithm.max_prompt_length=8 tokens .*prompt_overflow=truncate"):
         entry.train(cfg)
     assert not (tmp_path / "checkpoints").exists()
 
 
 def test_prompt_overflow_truncate_warns_and_counts(tmp_path):
-    cfg = compose_train(MICRO + ["algorithm.max_prompt_length=8"], tmp_path)
+    cfg = compose_train(ONE_STEP + ["algorithm.max_prompt_length=8"], tmp_path)
     with pytest.warns(UserWarning, match=r"prompts are longer than algorithm.max_prompt_length=8 tokens"):
         metrics = entry.train(cfg)
     assert metrics["count/truncated_prompts"] == 4  # the step's batch of 4, every prompt over 8 tokens
@@ -107,7 +98,7 @@ def test_prompt_overflow_truncate_warns_and_counts(tmp_path):
 
 def test_hydra_full_error_shows_the_original_exception(monkeypatch, tmp_path):
     missing = tmp_path / "prompts.jsonl"
-    monkeypatch.setattr(sys, "argv", ["meal_pl.train", f"data.path={missing}", f"hydra.run.dir={tmp_path / 'run'}", *MICRO])
+    monkeypatch.setattr(sys, "argv", ["meal_pl.train", f"data.path={missing}", f"hydra.run.dir={tmp_path / 'run'}", *ONE_STEP])
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     with pytest.raises(FileNotFoundError, match="data file not found"):
         entry.cli()

@@ -4,19 +4,12 @@ import math
 
 import pytest
 import torch
-from conftest import TINY, compose_train
+from conftest import ONE_STEP, compose_train
 
 import meal_pl.models
 from meal_pl.train import train
 
-MICRO = TINY + [
-    "objective=synthetic",
-    "logger=none",
-    "algorithm.warm_start_steps=0",
-    "trainer.max_steps=2",
-    "~callbacks.pareto_eval",
-    "~callbacks.run_summary",
-]
+TWO_STEPS = ONE_STEP + ["trainer.max_steps=2"]
 
 
 def nan_for_some(prompts, completions, **_):
@@ -47,7 +40,7 @@ def test_nan_and_inf_rewards_are_dropped_counted_and_training_goes_on(lookahead,
     # Every valid sample is selectable and no preference is explored, so the meta step runs on step 2 at the latest.
     choice = ["algorithm.sampler.num_samples=4", "algorithm.sampler.drop_dominated=false", "algorithm.meta.exploration=0",
               f"algorithm.meta.lookahead={lookahead}", "algorithm.meta.alternating_every=2"]
-    metrics = train(compose_train(MICRO + choice + _with_reward("nan_for_some"), tmp_path))
+    metrics = train(compose_train(TWO_STEPS + choice + _with_reward("nan_for_some"), tmp_path))
     assert metrics["count/invalid_rewards"] == 2 * 5  # 5 bad samples per step, 2 steps
     _assert_finite(metrics, ("meta/outer_loss",) if lookahead == "second_order" else ())
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
@@ -55,7 +48,7 @@ def test_nan_and_inf_rewards_are_dropped_counted_and_training_goes_on(lookahead,
 
 def test_all_rewards_bad_stops_the_run_with_a_clear_message(tmp_path):
     with pytest.raises(RuntimeError, match=r"every reward in the batch is NaN/inf \(objectives \['a_to_m', 'n_to_z'\]\)"):
-        train(compose_train(MICRO + _with_reward("nan_always"), tmp_path))
+        train(compose_train(TWO_STEPS + _with_reward("nan_always"), tmp_path))
 
 
 def eos_first(**kwargs):
@@ -83,7 +76,7 @@ def test_degenerate_generations_are_counted_and_do_not_break_the_step(case, tmp_
         extra.append("algorithm.sampler.top_k=1")  # N samples of one prompt are the same greedy response
     # The alternating PWN update buffers the degenerate statistics and fits on them at step 2: run it once too.
     for lookahead in ("second_order", "alternating") if case == "eos_at_step_0" else ("second_order",):
-        cfg = compose_train(MICRO + extra + [f"algorithm.meta.lookahead={lookahead}", "algorithm.meta.alternating_every=2"], tmp_path / lookahead)
+        cfg = compose_train(TWO_STEPS + extra + [f"algorithm.meta.lookahead={lookahead}", "algorithm.meta.alternating_every=2"], tmp_path / lookahead)
         metrics = train(cfg)
         assert metrics["count/identical_groups"] == 2 * 4  # every group of every step
         if case == "eos_at_step_0":
