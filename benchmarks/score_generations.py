@@ -5,7 +5,8 @@
 
 Per `generations.json` (what a run's generations callback wrote: prompts, and per preference tag an answer): the
 answers' mean share of distinct word pairs (a loop scores low) and their mean score under each reward-model directory
-(`python -m meal_pl.reward_model` heads). Prints the table, writes score_generations.json and .md to --out.
+(`python -m meal_pl.reward_model` heads). Prints the table, writes score_generations.json (with each answer's scores)
+and .md to --out.
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ def score_file(path: Path, models: dict[str, PreferenceHeadReward]) -> dict:
     prompts, texts = answers(path)
     row = {"file": path.name, "answers": len(texts),
            "distinct_pairs": sum(distinct_bigram_share(t) for t in texts) / len(texts)}
+    per_answer = [{"prompt": p, "answer": t} for p, t in zip(prompts, texts)]
     for name, reward in models.items():
-        scores = reward(prompts, texts)
+        scores = [float(x) for x in reward(prompts, texts)]
         row[name] = sum(scores) / len(scores)
-    return row
+        for entry, score in zip(per_answer, scores):
+            entry[name] = score
+    return row | {"per_answer": per_answer}  # JSON only: which answers a model pays for, not just the mean
 
 
 def main() -> None:

@@ -26,4 +26,7 @@ def test_scores_each_answer_of_a_generations_file(tmp_path):
     row = score_generations.score_file(path, {model: reward})
     # loop: 8 word pairs, 3 distinct (i can, can help, help i); real: every pair distinct
     assert row["answers"] == 2 and row["distinct_pairs"] == pytest.approx((3 / 8 + 1.0) / 2)
-    assert row[model] == pytest.approx(sum(reward([prompt] * 2, [loop, real])) / 2)
+    scores = reward([prompt] * 2, [loop, real])
+    assert row[model] == pytest.approx(sum(scores) / 2)
+    assert [a["answer"] for a in row["per_answer"]] == [loop, real]
+    assert [a[model] for a in row["per_answer"]] == pytest.approx([float(x) for x in scores])
