@@ -183,6 +183,8 @@ class PromptDataModule(L.LightningDataModule):
         num_workers: int = 0,
         split_seed: int = 0,
         balance_eval_groups: bool = False,
+        known_answers: int = 0,
+        known_answer_words: int = 25,
     ) -> None:
         super().__init__()
         for key, value, least in (("batch_size", batch_size, 1), ("eval_size", eval_size, 1), ("num_workers", num_workers, 0)):
@@ -190,6 +192,10 @@ class PromptDataModule(L.LightningDataModule):
                 raise ValueError(f"data.{key}={value} must be an integer >= {least}")
         if max_prompts is not None and (isinstance(max_prompts, bool) or not isinstance(max_prompts, int) or max_prompts < 1):
             raise ValueError(f"data.max_prompts={max_prompts} must be an integer >= 1, or null for every prompt")
+        for key, value, least in (("known_answers", known_answers, 0), ("known_answer_words", known_answer_words, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"data.{key}={value} must be an integer >= {least}")
+        self.known_answers, self.known_answer_words = known_answers, known_answer_words
         if path is not None and hub_name is not None:
             raise ValueError(f"set one of data.path ({path!r}) and data.hub_name ({hub_name!r}), not both")
         self.save_hyperparameters(logger=False)  # the run logs its whole config once, with the final metric (meal_pl.sweeps)
@@ -248,6 +254,22 @@ class PromptDataModule(L.LightningDataModule):
                 f"{len(self.train_prompts)} training prompts are fewer than data.batch_size={self.batch_size} "
                 "(batches drop the remainder): lower data.batch_size or data.eval_size, or raise data.max_prompts"
             )
+        if self.known_answers:
+            self._insert_known_answers()
+
+    def _insert_known_answers(self) -> None:
+        """Every prompt gets the answers of its nearest training prompts (meal_pl/retrieval.py); keys follow."""
+        from meal_pl.retrieval import with_known_answers
+
+        store = [p for p in self.train_prompts if self.responses.get(p)]
+        if not store:
+            raise ValueError("data.known_answers needs training prompts with responses; set data.known_answers=0")
+        new = with_known_answers(self.train_prompts + self._eval_prompts, store, self.responses, self.known_answers,
+                                 self.known_answer_words)
+        self.responses = {new.get(p, p): r for p, r in self.responses.items()}
+        self.groups = {new.get(p, p): g for p, g in self.groups.items()}
+        self.train_prompts = [new[p] for p in self.train_prompts]
+        self._eval_prompts = [new[p] for p in self._eval_prompts]
 
     def train_dataloader(self) -> DataLoader:
         """Seeded shuffled batches; each batch is a list[str] of HH prompts ending with '\\n\\nAssistant:'."""
