@@ -84,16 +84,11 @@ def report(overrides: list[str], neighbours: int = 2, seed: int = 0) -> dict:
 
 
 def table(result: dict) -> list[str]:
-    names, groups = result["objectives"], result["groups"]
-    head = " | ".join(f"{n} ({g})" for g in ["all", *groups] for n in names)
-    lines = [f"objective {result['objective']}, {result['prompts']} held-out prompts, answers from "
-             f"{result['training_prompts']} training prompts ({result['neighbours']} nearest, {result['candidates']} "
-             f"answers), overrides {result['overrides'] or 'none'}",
-             "", f"| answer | {head} |", "|---|" + "---|" * (len(names) * (len(groups) + 1))]
-    for row in result["rows"]:
-        cells = " | ".join(f"{x:.3f}" for g in ["all", *groups] for x in row[g])
-        lines.append(f"| {row['answer']} | {cells} |")
-    return lines
+    from group_table import group_table
+
+    return [f"objective {result['objective']}, {result['prompts']} held-out prompts, answers from "
+            f"{result['training_prompts']} training prompts ({result['neighbours']} nearest, {result['candidates']} "
+            f"answers), overrides {result['overrides'] or 'none'}", "", *group_table("answer", "answer", result)]
 
 
 def main() -> None:

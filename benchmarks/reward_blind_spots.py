@@ -85,14 +85,10 @@ def report(overrides: list[str], prompts_limit: int | None = None) -> dict:
 
 
 def table(result: dict) -> list[str]:
-    names, groups = result["objectives"], result["groups"]
-    head = " | ".join(f"{n} ({g})" for g in ["all", *groups] for n in names)
-    lines = [f"objective {result['objective']}, {result['prompts']} held-out prompts, overrides {result['overrides'] or 'none'}",
-             "", f"| response | {head} |", "|---|" + "---|" * (len(names) * (len(groups) + 1))]
-    for row in result["rows"]:
-        cells = " | ".join(f"{x:.3f}" for g in ["all", *groups] for x in row[g])
-        lines.append(f"| {row['kind']} | {cells} |")
-    return lines
+    from group_table import group_table
+
+    return [f"objective {result['objective']}, {result['prompts']} held-out prompts, overrides {result['overrides'] or 'none'}",
+            "", *group_table("response", "kind", result)]
 
 
 def main() -> None:

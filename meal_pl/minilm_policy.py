@@ -12,15 +12,9 @@ from collections import Counter
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-from transformers import (
-    AutoModel,
-    AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerFast,
-)
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 
+from meal_pl.models import small_llama
 from meal_pl.rewards.encoder import default_model_path
 
 PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
@@ -64,27 +58,13 @@ def tiny_minilm_llama(
     path = encoder_path or default_model_path()
     full = AutoTokenizer.from_pretrained(path)
     corpus = corpus or []
-    vocab = corpus_vocabulary(full.get_vocab(), corpus, full(corpus, add_special_tokens=False)["input_ids"] if corpus else [], min_count)
+    ids = full(corpus, add_special_tokens=False, verbose=False)["input_ids"] if corpus else []  # no length warning: not fed to MiniLM
+    vocab = corpus_vocabulary(full.get_vocab(), corpus, ids, min_count)
     tokenizer = cut_tokenizer(vocab)
     table = AutoModel.from_pretrained(path).get_input_embeddings().weight.detach()
     rows = table[[full.convert_tokens_to_ids(t) for t in vocab]]
-    config = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=table.shape[1],
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
-        max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        attn_implementation=attn_implementation,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(init_seed)
-        model = LlamaForCausalLM(config)
+    model = small_llama(tokenizer, table.shape[1], num_layers, num_heads, intermediate_size, max_position_embeddings,
+                        attn_implementation, init_seed)
     with torch.no_grad():
         model.get_input_embeddings().weight.copy_(rows)
     return model, tokenizer

@@ -56,6 +56,15 @@ def tiny_llama(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """A Llama-architecture policy of a few million parameters, built from config with no files."""
     tokenizer = train_tokenizer(corpus or [], vocab_size)
+    model = small_llama(tokenizer, hidden_size, num_layers, num_heads, intermediate_size, max_position_embeddings,
+                        attn_implementation, init_seed)
+    return model, tokenizer
+
+
+def small_llama(tokenizer: PreTrainedTokenizerFast, hidden_size: int, num_layers: int, num_heads: int,
+                intermediate_size: int, max_position_embeddings: int, attn_implementation: str,
+                init_seed: int) -> LlamaForCausalLM:
+    """A randomly initialised Llama with tied embeddings over `tokenizer`'s vocabulary."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -73,8 +82,7 @@ def tiny_llama(
     # A fixed init seed makes the policy independent of how many random numbers ran before it.
     with torch.random.fork_rng():
         torch.manual_seed(init_seed)
-        model = LlamaForCausalLM(config)
-    return model, tokenizer
+        return LlamaForCausalLM(config)
 
 
 def _package_dir(package: str, config_key: str) -> Path:

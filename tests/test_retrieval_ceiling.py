@@ -7,7 +7,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from retrieval_ceiling import best_by, nearest, report  # noqa: E402
+from retrieval_ceiling import best_by, nearest, report, table  # noqa: E402
 
 
 def test_nearest_ranks_keys_by_cosine():
@@ -29,3 +29,6 @@ def test_report_on_the_default_objective_finds_training_answers_closer_to_the_re
     assert rows["nearest training prompt's answer"][0] > rows["a training answer at random"][0]
     assert rows["best of 4 retrieved, for helpful"][0] >= rows["nearest training prompt's answer"][0]
     assert rows["best of 4 retrieved, for harmless"][1] >= rows["nearest training prompt's answer"][1]
+    lines = table(result)
+    assert lines[2].startswith("| answer | helpful (all) | harmless (all) | helpful (everyday)")
+    assert len(lines) == 4 + len(result["rows"])
