@@ -1,9 +1,10 @@
 """A small Llama policy that starts from the sentence encoder's word sense (`model=tiny_minilm`).
 
-The tiny policy learns its words from ~1,200 dialogues and writes word salad off the request's topic; the helpful
+The tiny policy learns its words from a few hundred dialogues and writes word salad off the request's topic; the helpful
 reward asks for an answer whose MiniLM embedding lies near the request's. This builder gives the policy
 all-MiniLM-L6-v2's WordPiece vocabulary and its word embeddings (tied input and output), cut down to the tokens the
 corpus uses, so that which words are alike is known before the first step. The transformer blocks train from scratch.
+Measured on the default objective (docs/results.md), it writes no more on topic than the tiny policy.
 """
 
 from __future__ import annotations
