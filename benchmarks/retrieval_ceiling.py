@@ -23,12 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from meal_pl.retrieval import nearest_store_entries  # noqa: E402
 from meal_pl.rewards.relevance import last_request  # noqa: E402
-
-
-def nearest(queries: torch.Tensor, keys: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of each query's k most similar keys (unit-norm rows: cosine), most similar first."""
-    return (queries @ keys.T).topk(k, dim=1).indices
 
 
 def best_by(scores: torch.Tensor, objective: int) -> torch.Tensor:
@@ -42,7 +38,7 @@ def report(overrides: list[str], neighbours: int = 2, seed: int = 0) -> dict:
     from hydra.utils import instantiate
 
     from meal_pl.rewards import RewardSet
-    from meal_pl.rewards.encoder import SentenceEncoder
+    from meal_pl.rewards.encoder import shared_encoder
     from meal_pl.runs import CONF_DIR
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
@@ -51,12 +47,12 @@ def report(overrides: list[str], neighbours: int = 2, seed: int = 0) -> dict:
     datamodule.setup("fit")
     prompts, groups = datamodule.eval_prompts(), datamodule.eval_groups()
     train = [p for p in datamodule.train_prompts if datamodule.responses.get(p)]
-    encoder = SentenceEncoder()
-    near = nearest(encoder.embed([last_request(p) for p in prompts]), encoder.embed([last_request(p) for p in train]), neighbours)
+    encoder = shared_encoder()  # the one MiniLM the rewards also read
+    near = nearest_store_entries(encoder.embed([last_request(p) for p in prompts]), encoder.embed([last_request(p) for p in train]), neighbours)
     rewards = RewardSet(instantiate(cfg.objective.rewards))
     names = list(rewards.names)
 
-    candidates = [[a for j in row.tolist() for a in datamodule.responses[train[j]]] for row in near]
+    candidates = [[a for j in row for a in datamodule.responses[train[j]]] for row in near]
     width = min(len(c) for c in candidates)
     flat = [c[:width] for c in candidates]
     scores = rewards([p for p, c in zip(prompts, flat, strict=True) for _ in c], [a for c in flat for a in c]).float().cpu()
@@ -76,8 +72,8 @@ def report(overrides: list[str], neighbours: int = 2, seed: int = 0) -> dict:
             mask = torch.tensor([g == group for g in groups])
             row[group] = raw[mask].mean(0).tolist()
         out.append(row)
-    example = {"prompt": last_request(prompts[0]), "nearest training request": last_request(train[near[0, 0]]),
-               "its answer": datamodule.responses[train[near[0, 0]]][0]}
+    example = {"prompt": last_request(prompts[0]), "nearest training request": last_request(train[near[0][0]]),
+               "its answer": datamodule.responses[train[near[0][0]]][0]}
     return {"objective": cfg.objective.name, "objectives": names, "overrides": overrides, "prompts": len(prompts),
             "training_prompts": len(train), "neighbours": neighbours, "candidates": width, "seed": seed,
             "groups": sorted(set(groups)), "rows": out, "example": example}

@@ -35,10 +35,10 @@ def nearest_store_entries(queries: torch.Tensor, store: torch.Tensor, k: int) ->
 def with_known_answers(prompts: list[str], store: list[str], answers: dict[str, list[str]], k: int, words: int,
                        encoder=None) -> dict[str, str]:
     """{prompt: prompt with the answers of its k nearest `store` prompts}; `answers` maps store prompts to answers."""
-    if encoder is None:
-        from meal_pl.rewards.encoder import SentenceEncoder
+    if encoder is None:  # the one MiniLM the offline rewards also read
+        from meal_pl.rewards.encoder import shared_encoder
 
-        encoder = SentenceEncoder()
+        encoder = shared_encoder()
     keys = encoder.embed([last_request(p) for p in store])
     near = nearest_store_entries(encoder.embed([last_request(p) for p in prompts]), keys, k)
     return {p: insert_known_answers(p, [a for j in row for a in answers[store[j]]], words) for p, row in zip(prompts, near, strict=True)}
