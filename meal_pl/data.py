@@ -185,6 +185,7 @@ class PromptDataModule(L.LightningDataModule):
         balance_eval_groups: bool = False,
         known_answers: int = 0,
         known_answer_words: int = 25,
+        known_answers_self: bool = True,
     ) -> None:
         super().__init__()
         for key, value, least in (("batch_size", batch_size, 1), ("eval_size", eval_size, 1), ("num_workers", num_workers, 0)):
@@ -195,7 +196,10 @@ class PromptDataModule(L.LightningDataModule):
         for key, value, least in (("known_answers", known_answers, 0), ("known_answer_words", known_answer_words, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"data.{key}={value} must be an integer >= {least}")
+        if not isinstance(known_answers_self, bool):
+            raise ValueError(f"data.known_answers_self={known_answers_self!r} must be true or false")
         self.known_answers, self.known_answer_words = known_answers, known_answer_words
+        self.known_answers_self = known_answers_self
         if path is not None and hub_name is not None:
             raise ValueError(f"set one of data.path ({path!r}) and data.hub_name ({hub_name!r}), not both")
         self.save_hyperparameters(logger=False)  # the run logs its whole config once, with the final metric (meal_pl.sweeps)
@@ -265,7 +269,7 @@ class PromptDataModule(L.LightningDataModule):
         if not store:
             raise ValueError("data.known_answers needs training prompts with responses; set data.known_answers=0")
         new = with_known_answers(self.train_prompts + self._eval_prompts, store, self.responses, self.known_answers,
-                                 self.known_answer_words)
+                                 self.known_answer_words, include_self=self.known_answers_self)
         self.responses = {new.get(p, p): r for p, r in self.responses.items()}
         self.groups = {new.get(p, p): g for p, g in self.groups.items()}
         self.train_prompts = [new[p] for p in self.train_prompts]

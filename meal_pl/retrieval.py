@@ -4,7 +4,8 @@ A small policy trained on a few hundred dialogues writes their kind of text but 
 front of it, though the training answers hold on-topic text for unseen requests (benchmarks/retrieval_ceiling.py).
 With known answers the prompt carries the answers (both of an HH pair) of the k training prompts whose last requests
 are nearest to its own by MiniLM cosine, so the policy can copy, adapt or refuse them. A training prompt's nearest
-is itself; an evaluation prompt's answers are never in the store. The answers sit before the last human turn, so
+is itself (unless `data.known_answers_self=false`: then, as for an evaluation prompt, its nearest others); an
+evaluation prompt's answers are never in the store. The answers sit before the last human turn, so
 the rewards, which read that turn alone (`last_request`), judge the response against the request as before.
 """
 
@@ -33,12 +34,17 @@ def nearest_store_entries(queries: torch.Tensor, store: torch.Tensor, k: int) ->
 
 
 def with_known_answers(prompts: list[str], store: list[str], answers: dict[str, list[str]], k: int, words: int,
-                       encoder=None) -> dict[str, str]:
-    """{prompt: prompt with the answers of its k nearest `store` prompts}; `answers` maps store prompts to answers."""
+                       encoder=None, include_self: bool = True) -> dict[str, str]:
+    """{prompt: prompt with the answers of its k nearest `store` prompts}; `answers` maps store prompts to answers.
+
+    include_self=False: a prompt that is in the store reads its k nearest *other* store prompts' answers, so training
+    prompts see what evaluation prompts see (neighbours' answers, never their own)."""
     if encoder is None:  # the one MiniLM the offline rewards also read
         from meal_pl.rewards.encoder import shared_encoder
 
         encoder = shared_encoder()
     keys = encoder.embed([last_request(p) for p in store])
-    near = nearest_store_entries(encoder.embed([last_request(p) for p in prompts]), keys, k)
+    near = nearest_store_entries(encoder.embed([last_request(p) for p in prompts]), keys, k + (not include_self))
+    if not include_self:
+        near = [[j for j in row if store[j] != p][:k] for p, row in zip(prompts, near, strict=True)]
     return {p: insert_known_answers(p, [a for j in row for a in answers[store[j]]], words) for p, row in zip(prompts, near, strict=True)}

@@ -48,6 +48,16 @@ def test_each_prompt_gets_its_nearest_store_prompts_answers():
     assert "1. Check the oil.\n2. Go away." in out[store[1]]  # a store prompt's nearest is itself
 
 
+def test_without_self_a_store_prompt_reads_its_nearest_other_as_an_unseen_prompt_does():
+    store = ["\n\nHuman: how to bake bread\n\nAssistant:", "\n\nHuman: fix my car\n\nAssistant:",
+             "\n\nHuman: bake bread fast\n\nAssistant:"]
+    answers = {store[0]: ["Use flour."], store[1]: ["Check the oil."], store[2]: ["Use a hot oven."]}
+    query = "\n\nHuman: can I bake bread at home\n\nAssistant:"
+    out = with_known_answers([query, store[0]], store, answers, k=1, words=10, encoder=_Words(), include_self=False)
+    assert "1. Use flour.\n\nHuman: can I bake" in out[query]  # not in the store: its nearest, as before
+    assert "Use a hot oven." in out[store[0]] and "Use flour." not in out[store[0]]
+
+
 def test_datamodule_rewrites_every_prompt_and_keeps_responses_groups_and_the_hold_out(tmp_path):
     rows = [f'{{"prompt": "\\n\\nHuman: question {i} about topic {i % 3}\\n\\nAssistant:", "response": "answer number {i} end", '
             f'"group": "g{i % 2}"}}' for i in range(24)]
@@ -66,9 +76,15 @@ def test_datamodule_rewrites_every_prompt_and_keeps_responses_groups_and_the_hol
         assert not any(a in known for a in held_out_answers)
     for p in dm.train_prompts:
         assert dm.responses[p][0] in p  # its nearest is itself
+    apart = PromptDataModule(path=str(path), batch_size=4, eval_size=4, known_answers=1, known_answers_self=False)
+    apart.setup()
+    assert [last_request(p) for p in apart.eval_prompts()] == [last_request(p) for p in plain.eval_prompts()]
+    for p in apart.train_prompts:  # never its own answer, as an evaluation prompt never reads its own
+        assert apart.responses[p][0] not in p.split(HEADER, 1)[1].split("Human:", 1)[0]
 
 
-@pytest.mark.parametrize("key,value", [("known_answers", -1), ("known_answer_words", 0), ("known_answers", True)])
+@pytest.mark.parametrize("key,value", [("known_answers", -1), ("known_answer_words", 0), ("known_answers", True),
+                                       ("known_answers_self", "no")])
 def test_bad_known_answer_settings_are_refused_with_the_key(key, value):
     with pytest.raises(ValueError, match=f"data.{key}"):
         PromptDataModule(**{key: value})
