@@ -14,6 +14,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from meal_pl.ranges import check_integer
+
 HUMAN = "\n\nHuman:"
 ASSISTANT = "\n\nAssistant:"
 
@@ -188,14 +190,11 @@ class PromptDataModule(L.LightningDataModule):
         known_answers_self: bool = True,
     ) -> None:
         super().__init__()
-        for key, value, least in (("batch_size", batch_size, 1), ("eval_size", eval_size, 1), ("num_workers", num_workers, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"data.{key}={value} must be an integer >= {least}")
-        if max_prompts is not None and (isinstance(max_prompts, bool) or not isinstance(max_prompts, int) or max_prompts < 1):
-            raise ValueError(f"data.max_prompts={max_prompts} must be an integer >= 1, or null for every prompt")
-        for key, value, least in (("known_answers", known_answers, 0), ("known_answer_words", known_answer_words, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"data.{key}={value} must be an integer >= {least}")
+        for key, value, least in (("batch_size", batch_size, 1), ("eval_size", eval_size, 1), ("num_workers", num_workers, 0),
+                                  ("known_answers", known_answers, 0), ("known_answer_words", known_answer_words, 1)):
+            check_integer(f"data.{key}", value, least)
+        if max_prompts is not None:
+            check_integer("data.max_prompts", max_prompts, 1, ", or null for every prompt")
         if not isinstance(known_answers_self, bool):
             raise ValueError(f"data.known_answers_self={known_answers_self!r} must be true or false")
         self.known_answers, self.known_answer_words = known_answers, known_answer_words

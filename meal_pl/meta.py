@@ -17,6 +17,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import PreTrainedModel
 
 from meal_pl import distributed, losses
+from meal_pl.ranges import check_integer, check_number
 from meal_pl.rollout import FrontBatch
 from meal_pl.sequences import pack, sequence_logprobs
 
@@ -63,6 +64,11 @@ class MetaConfig:
         if self.outer == "front" and self.lookahead == "alternating":
             raise ValueError("algorithm.meta.outer=front differentiates through a lookahead, which algorithm.meta.lookahead="
                              "alternating does not take; set lookahead=second_order or first_order (or outer=shortfall)")
+        check_number("algorithm.meta.inner_lr", self.inner_lr, strict=True, note=" (the lookahead's step)")
+        check_number("algorithm.meta.preference_lr", self.preference_lr, strict=True)
+        check_number("algorithm.meta.regression_weight", self.regression_weight)
+        for key, least in (("meta_batch_size", 1), ("buffer_size", 1), ("alternating_every", 1), ("preference_steps", 0)):
+            check_integer(f"algorithm.meta.{key}", getattr(self, key), least)
         if self.every_n_steps < 1 or self.front_samples < 2 or self.front_prompts < 0 or self.max_prompts < 0:
             raise ValueError(f"algorithm.meta: every_n_steps={self.every_n_steps} must be >= 1, front_samples="
                              f"{self.front_samples} >= 2 (a baseline needs two), front_prompts and max_prompts >= 0")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
 import time
 import warnings
 from collections import deque
@@ -42,6 +41,7 @@ from meal_pl.models import apply_lora, fold_lora, is_peft
 from meal_pl.pareto import ideal_hypervolume
 from meal_pl.precision import forward_context
 from meal_pl.profiling import section
+from meal_pl.ranges import check_integer, check_number
 from meal_pl.rewards import RewardSet, RunningRewardNorm
 from meal_pl.rollout import Rollout, gather
 from meal_pl.sampling import RejectionSampler, generate_eval_mode, position_ids
@@ -96,14 +96,17 @@ class MealModule(FrontEvaluation, L.LightningModule):
             raise ValueError(f"algorithm.warm_start_source={warm_start_source!r}; choose one of {WARM_START_SOURCES}")
         if warm_start_loss not in WARM_START_LOSSES:
             raise ValueError(f"algorithm.warm_start_loss={warm_start_loss!r}; choose one of {WARM_START_LOSSES}")
-        if not (math.isfinite(warm_start_dpo_beta) and warm_start_dpo_beta > 0):
-            raise ValueError(f"algorithm.warm_start_dpo_beta={warm_start_dpo_beta} must be a finite number > 0, e.g. 0.1")
+        check_number("algorithm.warm_start_dpo_beta", warm_start_dpo_beta, strict=True, note=", e.g. 0.1")
+        check_number("algorithm.beta", beta, note=" (the KL weight; 0: no KL term)")
+        check_number("algorithm.gradient_clip_val", gradient_clip_val, strict=True, note=" (the norm gradients are clipped to)")
+        check_number("algorithm.warm_start_lr", warm_start_lr, strict=True, note=", e.g. 2e-3")
+        for key, value, least in (("warmup_steps", warmup_steps, 0), ("warm_start_batch_size", warm_start_batch_size, 1),
+                                  ("eval_batch_size", eval_batch_size, 1), ("histogram_every_n_steps", histogram_every_n_steps, 1)):
+            check_integer(f"algorithm.{key}", value, least)
         dpo_preferences(len(self.objective_names), warm_start_dpo_points)  # its check, here: before minutes of sampling
-        if warm_start_answers < 1 or warm_start_prompts < 0:
-            raise ValueError(f"algorithm.warm_start_answers={warm_start_answers} must be >= 1 and "
-                             f"algorithm.warm_start_prompts={warm_start_prompts} >= 0 (0: every training prompt)")
-        if accumulate_grad_batches < 1:
-            raise ValueError(f"algorithm.accumulate_grad_batches={accumulate_grad_batches} must be >= 1")
+        check_integer("algorithm.warm_start_answers", warm_start_answers, 1)
+        check_integer("algorithm.warm_start_prompts", warm_start_prompts, 0, " (0: every training prompt)")
+        check_integer("algorithm.accumulate_grad_batches", accumulate_grad_batches, 1)
         self.reference_point = [float(v) for v in objective["reference_point"]]
         self.grid_points = int(objective.get("grid_points", 11))
         # The warm start's tags: the trade-off each response achieves, or (objective.warm_start_tags=neutral) 1/K.
@@ -134,13 +137,14 @@ class MealModule(FrontEvaluation, L.LightningModule):
         self.sampler, self.meta = sampler, meta
         for key, partial in (("policy_optimizer", policy_optimizer), ("pwn_optimizer", pwn_optimizer)):
             lr = getattr(partial, "keywords", {}).get("lr")  # a functools.partial from the config (_partial_: true)
-            if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-                raise ValueError(f"algorithm.{key}.lr={lr} must be a finite number > 0, e.g. 2e-3")
+            if lr is not None:
+                check_number(f"algorithm.{key}.lr", lr, strict=True, note=", e.g. 2e-3")
         self.policy_optimizer, self.pwn_optimizer = policy_optimizer, pwn_optimizer
         self.beta, self.warmup_steps, self.gradient_clip_val = beta, warmup_steps, gradient_clip_val
         self.max_prompt_length, self.prompt_overflow, self.eval_batch_size = max_prompt_length, prompt_overflow, eval_batch_size
         self.eval_greedy, self.eval_seed = eval_greedy, eval_seed
         self.warm_start_steps = warm_start_length(objective, warm_start_steps)
+        check_integer("algorithm.warm_start_steps", self.warm_start_steps, 0, " (0: no warm start)")
         self.warm_start_lr, self.warm_start_batch_size = warm_start_lr, warm_start_batch_size
         self.warm_start_source, self.warm_start_answers = warm_start_source, warm_start_answers
         self.warm_start_prompts = warm_start_prompts
@@ -402,8 +406,7 @@ class MealModule(FrontEvaluation, L.LightningModule):
 
 def checked_tag_lr_scale(scale: float, policy: torch.nn.Module) -> float:
     """algorithm.tag_lr_scale, refused where it is not a positive number or the policy has nothing it scales."""
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"algorithm.tag_lr_scale={scale} must be a finite number > 0 (1 = the policy's learning rate)")
+    check_number("algorithm.tag_lr_scale", scale, strict=True, note=" (1 = the policy's learning rate)")
     if scale != 1 and not preference_parameters(policy):
         raise ValueError(f"algorithm.tag_lr_scale={scale} scales the preference's own parameters, and this policy has "
                          "none (its tag rows train inside the whole embedding): use LoRA (model.lora.r=8) or "

@@ -12,6 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from meal_pl import decode, losses
 from meal_pl.chat import format_prompts
 from meal_pl.escaping import encode_without_tags
+from meal_pl.ranges import check_number
 
 DECODERS = ("loop", "hf")
 _log = logging.getLogger("meal_pl")
@@ -82,6 +83,8 @@ class RejectionSampler:
             raise ValueError(f"algorithm.sampler.quantile={self.quantile} must be in [0, 1)")
         if self.scalarization not in losses.SCALARIZATIONS:
             raise ValueError(f"algorithm.sampler.scalarization={self.scalarization!r}; choose one of {losses.SCALARIZATIONS}")
+        check_number("algorithm.sampler.tau", self.tau, note=" (0: hard best-of-N)")
+        check_number("algorithm.sampler.relabel_tau", self.relabel_tau, strict=True)
         if self.temperature <= 0:
             raise ValueError(f"algorithm.sampler.temperature={self.temperature} must be > 0")
         self.temperature = float(self.temperature)  # HF's temperature warper refuses an int (temperature=2)

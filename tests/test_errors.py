@@ -125,6 +125,12 @@ def test_instantiation_errors_are_reported_by_their_cause_on_one_line():
     ("data.batch_size=0", "error: data.batch_size=0 must be an integer >= 1"),
     ("algorithm.policy_optimizer.lr=nan", "error: algorithm.policy_optimizer.lr=nan must be a finite number > 0, e.g. 2e-3"),
     ("data.eval_size=-1", "error: data.eval_size=-1 must be an integer >= 1"),
+    ("algorithm.beta=-1", "error: algorithm.beta=-1 must be a finite number >= 0 (the KL weight; 0: no KL term)"),
+    ("algorithm.gradient_clip_val=-1",
+     "error: algorithm.gradient_clip_val=-1 must be a finite number > 0 (the norm gradients are clipped to)"),
+    ("algorithm.eval_batch_size=0", "error: algorithm.eval_batch_size=0 must be an integer >= 1"),
+    ("algorithm.warm_start_steps=-3", "error: algorithm.warm_start_steps=-3 must be an integer >= 0 (0: no warm start)"),
+    ("algorithm.meta.meta_batch_size=0", "error: algorithm.meta.meta_batch_size=0 must be an integer >= 1"),
 ])
 def test_bad_numbers_name_their_key_in_one_line(override, line, monkeypatch, capsys, tmp_path):
     code, err = train_cli(monkeypatch, capsys, "objective=synthetic", override, f"hydra.run.dir={tmp_path / 'run'}")

@@ -1,0 +1,47 @@
+"""Numeric settings out of range: one line naming the key and what it must be."""
+
+import math
+
+import pytest
+
+from meal_pl.meta import MetaConfig
+from meal_pl.ranges import check_integer, check_number
+from meal_pl.sampling import RejectionSampler
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "3", None])
+def test_check_integer_refuses_what_is_not_an_integer_at_least_its_floor(value):
+    with pytest.raises(ValueError, match=rf"^x.k={value} must be an integer >= 0 \(0: off\)$"):
+        check_integer("x.k", value, 0, " (0: off)")
+
+
+def test_check_integer_takes_the_floor_itself():
+    check_integer("x.k", 0, 0)
+    check_integer("x.k", 7, 1)
+
+
+@pytest.mark.parametrize("value", [-0.5, math.nan, math.inf, True, "1"])
+def test_check_number_refuses_negative_nan_inf_and_non_numbers(value):
+    with pytest.raises(ValueError, match=r"x.beta=.* must be a finite number >= 0"):
+        check_number("x.beta", value)
+
+
+def test_check_number_strict_refuses_the_floor_and_lenient_takes_it():
+    check_number("x.beta", 0)
+    check_number("x.lr", 1e-4, strict=True)
+    with pytest.raises(ValueError, match=r"^x.lr=0 must be a finite number > 0, e.g. 2e-3$"):
+        check_number("x.lr", 0, strict=True, note=", e.g. 2e-3")
+
+
+@pytest.mark.parametrize("key, value", [("inner_lr", -1.0), ("preference_lr", 0.0), ("regression_weight", -1.0),
+                                        ("meta_batch_size", 0), ("buffer_size", 0), ("alternating_every", 0),
+                                        ("preference_steps", -1)])
+def test_meta_settings_out_of_range_are_refused_with_their_key(key, value):
+    with pytest.raises(ValueError, match=rf"algorithm.meta.{key}={value}"):
+        MetaConfig(**{key: value})
+
+
+@pytest.mark.parametrize("key, value", [("tau", -1.0), ("relabel_tau", 0.0)])
+def test_sampler_temperatures_out_of_range_are_refused_with_their_key(key, value):
+    with pytest.raises(ValueError, match=rf"algorithm.sampler.{key}={value}"):
+        RejectionSampler(**{key: value})
