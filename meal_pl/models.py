@@ -22,6 +22,7 @@ from transformers import (
 )
 
 from meal_pl.precision import adapters_follow_autocast
+from meal_pl.ranges import check_integer
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 
@@ -65,6 +66,12 @@ def small_llama(tokenizer: PreTrainedTokenizerFast, hidden_size: int, num_layers
                 intermediate_size: int, max_position_embeddings: int, attn_implementation: str,
                 init_seed: int) -> LlamaForCausalLM:
     """A randomly initialised Llama with tied embeddings over `tokenizer`'s vocabulary."""
+    for key, value in (("hidden_size", hidden_size), ("num_layers", num_layers), ("num_heads", num_heads),
+                       ("intermediate_size", intermediate_size), ("max_position_embeddings", max_position_embeddings)):
+        check_integer(f"model.{key}", value, 1)
+    if hidden_size % num_heads or (hidden_size // num_heads) % 2:
+        raise ValueError(f"model.hidden_size={hidden_size} must split into model.num_heads={num_heads} heads of an even "
+                         "size (RoPE rotates pairs of dimensions), e.g. hidden_size=192 with num_heads=4")
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,

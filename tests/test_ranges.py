@@ -45,3 +45,22 @@ def test_meta_settings_out_of_range_are_refused_with_their_key(key, value):
 def test_sampler_temperatures_out_of_range_are_refused_with_their_key(key, value):
     with pytest.raises(ValueError, match=rf"algorithm.sampler.{key}={value}"):
         RejectionSampler(**{key: value})
+
+
+@pytest.mark.parametrize("key, value", [("every_n_steps", 0), ("num_prompts", 0), ("num_points", 1)])
+def test_pareto_eval_settings_out_of_range_are_refused_with_their_key(key, value):
+    from meal_pl.callbacks.pareto_eval import ParetoEvalCallback
+
+    with pytest.raises(ValueError, match=rf"^callbacks.pareto_eval.{key}={value} must be an integer >= "):
+        ParetoEvalCallback(**{key: value})
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"hidden_size": 100}, r"model.hidden_size=100 must split into model.num_heads=4 heads of an even size"),
+    ({"num_layers": 0}, r"model.num_layers=0 must be an integer >= 1"),
+])
+def test_tiny_model_shapes_that_cannot_build_are_refused_with_their_key(overrides, message):
+    from meal_pl.models import tiny_llama
+
+    with pytest.raises(ValueError, match=message):
+        tiny_llama(["some text to train a tokenizer on"], **({"num_heads": 4} | overrides))

@@ -45,6 +45,7 @@ from meal_pl.pareto import (
     plot_front,
     simplex_grid,
 )
+from meal_pl.ranges import check_integer
 
 
 class ParetoEvalCallback(pl.Callback):
@@ -58,8 +59,10 @@ class ParetoEvalCallback(pl.Callback):
         filename: str = "pareto",
         draws: int = 1,
     ) -> None:
-        if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        check_integer("callbacks.pareto_eval.every_n_steps", every_n_steps, 1)
+        check_integer("callbacks.pareto_eval.num_prompts", num_prompts, 1, " (held-out prompts per evaluation)")
+        if num_points is not None:
+            check_integer("callbacks.pareto_eval.num_points", num_points, 2, ", or null for the objective's grid_points")
         if draws < 1:
             raise ValueError(f"callbacks.pareto_eval.draws={draws} must be >= 1 (answers per prompt and preference at "
                              "each evaluation)")
