@@ -17,6 +17,7 @@ from meal_pl.callbacks.summary import steerability_text
 from meal_pl.evaluation import front_over_draws, pwn_choice_over_draws
 from meal_pl.pareto import front_report, hypervolume_gain, per_group_summary, plot_front, simplex_grid
 from meal_pl.precision import use_run_precision
+from meal_pl.ranges import check_integer
 from meal_pl.restore import find_checkpoint, load_run, parse_args, run_cli
 
 
@@ -70,9 +71,10 @@ def parse_judge(judge: str | None) -> dict[str, str]:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv, EvaluateArgs(), required=("ckpt_path",))
-    if args.num_prompts < 1 or (args.num_points is not None and args.num_points < 2) or args.draws < 1:
-        raise ValueError(f"num_prompts={args.num_prompts} and draws={args.draws} must be >= 1 and "
-                         f"num_points={args.num_points} >= 2")
+    check_integer("num_prompts", args.num_prompts, 1)
+    check_integer("draws", args.draws, 1, " (answers per prompt and preference)")
+    if args.num_points is not None:
+        check_integer("num_points", args.num_points, 2, ", or null for the objective's grid_points")
     judge = parse_judge(args.judge)
     ckpt, run = find_checkpoint(args.ckpt_path)
     out = Path(args.out) if args.out else run / "evaluate" / (ckpt.stem + ("_judged" if judge else ""))

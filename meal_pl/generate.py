@@ -15,6 +15,7 @@ import meal_pl  # noqa: F401  (offline default before transformers is imported)
 from meal_pl.conditioning import check_preference
 from meal_pl.data import _as_prompt
 from meal_pl.precision import use_run_precision
+from meal_pl.ranges import check_integer
 from meal_pl.restore import find_checkpoint, load_run, parse_args, run_cli
 from meal_pl.sampling import encode_prompts
 
@@ -53,8 +54,9 @@ def generate(module, prompt: str, preference: torch.Tensor | None, num_samples: 
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv, GenerateArgs(), required=("ckpt_path", "prompt"))
-    if args.num_samples < 1:
-        raise ValueError(f"num_samples={args.num_samples} must be >= 1")
+    check_integer("num_samples", args.num_samples, 1)
+    if args.max_new_tokens is not None:
+        check_integer("max_new_tokens", args.max_new_tokens, 1, ", or null for the run's algorithm.sampler.max_new_tokens")
     _, run = find_checkpoint(args.ckpt_path)
     names = list(OmegaConf.load(run / ".hydra" / "config.yaml").objective.rewards)
     preference = read_preference(args.preference, names)  # checked before the slow model load

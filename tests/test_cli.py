@@ -129,12 +129,25 @@ def test_generate_under_a_given_and_the_pwn_preference(run_dir, capsys):
         (["preference=[1.2,-0.2]"], "preference=[1.2,-0.2] has a negative"),
         (["preference=maybe"], "preference='maybe' must be a list"),
         (["colour=red"], "argument 'colour=red' is not key=value"),
+        (["max_new_tokens=0"], "max_new_tokens=0 must be an integer >= 1"),
+        (["num_samples=0"], "num_samples=0 must be an integer >= 1"),
     ],
 )
 def test_generate_bad_input_is_one_line_naming_the_value(run_dir, args, message, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["generate", f"ckpt_path={run_dir}", "prompt=Hi", *args])
     with pytest.raises(SystemExit) as exit_info:
         run_cli(generate.main)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("arg, message", [("num_prompts=0", "num_prompts=0 must be an integer >= 1"),
+                                          ("draws=0", "draws=0 must be an integer >= 1"),
+                                          ("num_points=1", "num_points=1 must be an integer >= 2")])
+def test_evaluate_bad_sizes_are_one_line_naming_the_value(run_dir, arg, message, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["evaluate", f"ckpt_path={run_dir}", arg])
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(evaluate.main)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and err.count("\n") == 1
 

@@ -74,10 +74,17 @@ def test_negatives_are_the_named_corruptions():
         corrupt([answer], "typo")
 
 
-@pytest.mark.parametrize("kwargs, bad", [({"negatives": ["typo"]}, "typo"), ({"negatives": ["repeat", "repeat"]}, "repeat"),
-                                         ({"negatives": ["repeat"], "negative_weight": 0}, "negative_weight=0")])
-def test_head_backend_refuses_bad_negatives(kwargs, bad):
-    with pytest.raises(ValueError, match=r"rm_backend\.negatives=.*" + bad):
+@pytest.mark.parametrize("kwargs, line", [
+    ({"negatives": ["typo"]}, r"rm_backend\.negatives=\['typo'\] must be distinct kinds"),
+    ({"negatives": ["repeat", "repeat"]}, r"rm_backend\.negatives=\['repeat', 'repeat'\] must be distinct kinds"),
+    ({"negatives": ["repeat"], "negative_weight": 0}, r"rm_backend\.negative_weight=0 must be a finite number > 0"),
+    ({"steps": 0}, r"rm_backend\.steps=0 must be an integer >= 1"),
+    ({"folds": 1}, r"rm_backend\.folds=1 must be an integer >= 2"),
+    ({"lr": -1.0}, r"rm_backend\.lr=-1.0 must be a finite number > 0"),
+    ({"weight_decay": [1e-3, -1]}, r"rm_backend\.weight_decay=\[0.001, -1\] must be a number >= 0"),
+])
+def test_head_backend_refuses_bad_settings_naming_the_one_key(kwargs, line):
+    with pytest.raises(ValueError, match="^" + line):
         HeadBackend(**kwargs)
 
 

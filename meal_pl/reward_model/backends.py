@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from rich.progress import Progress
 
+from meal_pl.ranges import check_integer, check_number
 from meal_pl.reward_model.head import (
     cross_validate,
     embed_pairs,
@@ -40,15 +41,16 @@ class HeadBackend:
                  steps: int = 500, lr: float = 1e-2, weight_decay: float | list[float] = 1e-3, folds: int = 5,
                  seed: int = 0, negatives: list[str] = (), negative_weight: float = 0.1) -> None:
         decays = [weight_decay] if isinstance(weight_decay, (int, float)) else list(weight_decay)  # a ListConfig too
-        if steps < 1 or lr <= 0 or not decays or min(decays) < 0 or folds < 2:
-            raise ValueError(f"rm_backend.steps={steps} must be >= 1, rm_backend.lr={lr} > 0, rm_backend.weight_decay="
-                             f"{weight_decay} >= 0 (one value, or a list to choose from by cross-validation) and "
-                             f"rm_backend.folds={folds} >= 2")
+        for key, value, least in (("steps", steps, 1), ("folds", folds, 2), ("max_length", max_length, 1), ("batch_size", batch_size, 1)):
+            check_integer(f"rm_backend.{key}", value, least)
+        check_number("rm_backend.lr", lr, strict=True)
+        check_number("rm_backend.negative_weight", negative_weight, strict=True)
+        if not decays or any(not isinstance(d, (int, float)) or isinstance(d, bool) or not d >= 0 for d in decays):
+            raise ValueError(f"rm_backend.weight_decay={weight_decay} must be a number >= 0, or a non-empty list of them to "
+                             "choose from by cross-validation")
         negatives = list(negatives)
-        unknown = [k for k in negatives if k not in NEGATIVES]
-        if unknown or len(set(negatives)) < len(negatives) or not negative_weight > 0:
-            raise ValueError(f"rm_backend.negatives={negatives} must be distinct kinds of {list(NEGATIVES)} and "
-                             f"rm_backend.negative_weight={negative_weight} > 0")
+        if any(k not in NEGATIVES for k in negatives) or len(set(negatives)) < len(negatives):
+            raise ValueError(f"rm_backend.negatives={negatives} must be distinct kinds of {list(NEGATIVES)}")
         self.negatives, self.negative_weight = negatives, float(negative_weight)
         self.weight_decays, self.folds = [float(d) for d in decays], folds
         # No cache across calls: a request is encoded with its chunk's chosen and again with its rejected answers.
