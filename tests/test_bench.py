@@ -12,7 +12,7 @@ import torch
 from conftest import TINY, compose_train
 
 from meal_pl.bench import report
-from meal_pl.bench.__main__ import skip_reason
+from meal_pl.bench.__main__ import check_bench, skip_reason
 from meal_pl.bench.plan import METHODS, per_run_steps, plan_runs
 from meal_pl.bench.runs import eval_settings, evaluate, fit, run_linear, run_single, run_soups
 from meal_pl.bench.trl_peer import evaluate_untagged, trl_available
@@ -261,3 +261,27 @@ def test_bench_runs_a_method_under_each_conditioning_backend(tmp_path):
     assert set(rows) == {"ric@tags", "ric@embedding"} and all(r["error"] is None for r in rows.values())
     config = (out / "runs" / "ric@embedding" / "seed0" / "main" / "config.yaml").read_text()
     assert "EmbeddingConditioner" in config
+
+
+@pytest.mark.parametrize("change, line", [
+    ({"seeds": 0}, r"^bench.seeds=0 must be an integer >= 1"),
+    ({"warmup_steps": -1}, r"^bench.warmup_steps=-1 must be an integer >= 0"),
+    ({"budget": "prompt"}, r"^bench.budget='prompt'; choose one of"),
+    ({"methods": ["ric", "mael"]}, r"^bench.methods=\['ric', 'mael'\]: unknown or none"),
+    ({"methods": []}, r"^bench.methods=\[\]: unknown or none"),
+])
+def test_bench_settings_are_checked_before_any_run(change, line):
+    from omegaconf import OmegaConf
+
+    bench = OmegaConf.create({"seeds": 3, "warmup_steps": 2, "budget": "front", "methods": ["ric", "meal"]} | change)
+    check_bench(OmegaConf.create({"seeds": 3, "warmup_steps": 2, "budget": "front", "methods": ["ric"]}), None, None)
+    with pytest.raises(ValueError, match=line):
+        check_bench(bench, None, None)
+    with pytest.raises(ValueError, match=r"^bench.threads=0 must be an integer >= 1"):
+        check_bench(OmegaConf.create({"seeds": 3, "warmup_steps": 2, "budget": "front", "methods": ["ric"]}), None, 0)
+
+
+def test_a_bad_bench_setting_is_one_line_and_exits_1(tmp_path):
+    cmd = [sys.executable, "-m", "meal_pl.bench", "objective=synthetic", "bench.seeds=0", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == ["error: bench.seeds=0 must be an integer >= 1 (seeds per method)"]

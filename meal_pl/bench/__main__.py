@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 import meal_pl
-from meal_pl.bench.plan import METHODS, plan_runs
+from meal_pl.bench.plan import BUDGETS, METHODS, plan_runs
 from meal_pl.bench.report import (
     GROUP_COLUMNS,
     adaptive_gains,
@@ -40,6 +40,8 @@ from meal_pl.bench.report import (
 )
 from meal_pl.bench.trl_peer import trl_available
 from meal_pl.pareto import ideal_hypervolume
+from meal_pl.ranges import check_integer
+from meal_pl.runs import check_group_overrides, one_line
 
 
 def run_config(overrides: list[str], output_dir: Path) -> DictConfig:
@@ -81,8 +83,33 @@ def run_method(name: str, spec: dict, out: Path) -> dict:
     return {"method": name, "kind": spec["kind"], "seeds": {}, "error": f"worker exited with code {proc.returncode} (see {name}.log)"}
 
 
+def check_bench(bench: DictConfig, linear_points: int | None, threads: int | None) -> None:
+    """The benchmark's own settings, before any run: one line naming the key (a run that fails later costs minutes)."""
+    check_integer("bench.seeds", bench.seeds, 1, " (seeds per method)")
+    check_integer("bench.warmup_steps", bench.warmup_steps, 0, " (first steps left out of the timings)")
+    if linear_points is not None:
+        check_integer("bench.linear_points", linear_points, 2, ", or null for the objective's grid_points")
+    if threads is not None:
+        check_integer("bench.threads", threads, 1, ", or null for torch's default")
+    if bench.budget not in BUDGETS:
+        raise ValueError(f"bench.budget={bench.budget!r}; choose one of {BUDGETS}")
+    unknown = [name for name in bench.methods if name not in METHODS]
+    if unknown or not bench.methods:
+        raise ValueError(f"bench.methods={list(bench.methods)}: unknown or none; choose from {sorted(METHODS)}")
+
+
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="bench")
 def main(cfg: DictConfig) -> None:
+    try:
+        run_bench(cfg)
+    except Exception as err:  # one line, as train's; HYDRA_FULL_ERROR=1 keeps the traceback
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(one_line(err), file=sys.stderr)
+        sys.exit(1)
+
+
+def run_bench(cfg: DictConfig) -> None:
     bench, console = cfg.bench, Console(width=200)
     out = Path(cfg.paths.output_dir)
     quick = bench.quick_settings if bench.quick else {}
@@ -90,6 +117,7 @@ def main(cfg: DictConfig) -> None:
     def setting(key: str):
         return bench[key] if bench.get(key) is not None else quick.get(key)
 
+    check_bench(bench, setting("linear_points"), setting("threads"))
     base = list(bench.run_overrides) + list(quick.get("overrides", [])) + user_overrides()
     probe = run_config(base + [f"seed={cfg.seed}"], out / "probe")
     names = list(probe.objective.rewards)
@@ -109,8 +137,6 @@ def main(cfg: DictConfig) -> None:
     # bench.conditioning=[tags,embedding,...]: every method once per conditioning backend, as separate rows.
     backends = list(bench.conditioning) if bench.get("conditioning") else [None]
     for name, backend in [(n, b) for n in bench.methods for b in backends]:
-        if name not in METHODS:
-            raise ValueError(f"bench.methods: unknown method {name!r}; choose from {sorted(METHODS)}")
         label = name if backend is None else f"{name}@{backend}"
         method, reason = METHODS[name], skip_reason(name)
         if reason:
@@ -187,5 +213,15 @@ def main(cfg: DictConfig) -> None:
     plot_bench(rows, names, reference, synthetic and K == 2, out / "bench.png")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Group names checked before Hydra composes (its own message spans several lines)."""
+    try:
+        check_group_overrides(sys.argv[1:])
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     main()
+
+
+if __name__ == "__main__":
+    cli()

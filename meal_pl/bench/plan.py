@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 
 from meal_pl.pareto import simplex_grid
 
+# front: a front's policies share one policy's samples (the default); policy: each policy gets them all.
+BUDGETS = ("front", "policy")
+
 
 @dataclass(frozen=True)
 class Method:
@@ -48,8 +51,8 @@ def per_run_steps(total: int, runs: int, budget: str) -> int:
     front, the default); budget="policy": every policy gets the full budget (a front then costs
     `runs` times more samples).
     """
-    if budget not in ("front", "policy"):
-        raise ValueError(f"bench.budget={budget!r}; choose 'front' or 'policy'")
+    if budget not in BUDGETS:
+        raise ValueError(f"bench.budget={budget!r}; choose one of {BUDGETS}")
     return total if budget == "policy" else max(1, round(total / runs))
 
 
