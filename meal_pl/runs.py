@@ -16,6 +16,7 @@ import os
 import sys
 import traceback
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -110,6 +111,20 @@ def check_group_overrides(args: list[str], conf_dir: Path = CONF_DIR) -> None:
                     f"{group}={option} is not a config option; choose one of: {', '.join(choices)} "
                     f"(files in conf/{group}/)"
                 )
+
+
+def run_checked(main: Callable[[], Any], *checks: Callable[[list[str]], None]) -> None:
+    """A Hydra app's console entry: each check reads the command line before Hydra composes (Hydra's own messages
+    span several lines); a ValueError is one line on stderr and exit status 2 (HYDRA_FULL_ERROR=1: the traceback)."""
+    try:
+        for check in checks:
+            check(sys.argv[1:])
+    except ValueError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    main()
 
 
 def one_line(err: BaseException) -> str:

@@ -22,7 +22,7 @@ from meal_pl.checkpoint import describe, find_last_checkpoint, run_identity
 from meal_pl.config_check import check_key_overrides
 from meal_pl.logs import config_summary, emit, error_log, route_library_logs
 from meal_pl.rewards import RewardSet
-from meal_pl.runs import CONF_DIR, check_group_overrides, in_sweep, record_failure
+from meal_pl.runs import CONF_DIR, check_group_overrides, in_sweep, record_failure, run_checked
 from meal_pl.sweeps import log_hparams
 
 # Lightning's own deprecation notice about torch's pytree API, printed on every run (pytest filters it too).
@@ -172,15 +172,7 @@ def main(cfg: DictConfig) -> float | None:
 
 def cli() -> None:
     """Check group names, keys and value types before Hydra composes (its own messages span several lines)."""
-    try:
-        check_group_overrides(sys.argv[1:])
-        check_key_overrides(sys.argv[1:], CONF_DIR)
-    except ValueError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    main()
+    run_checked(main, check_group_overrides, lambda args: check_key_overrides(args, CONF_DIR))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from meal_pl.bench.report import (
 from meal_pl.bench.trl_peer import trl_available
 from meal_pl.pareto import ideal_hypervolume
 from meal_pl.ranges import check_integer
-from meal_pl.runs import check_group_overrides, one_line
+from meal_pl.runs import check_group_overrides, one_line, run_checked
 
 
 def run_config(overrides: list[str], output_dir: Path) -> DictConfig:
@@ -214,13 +214,7 @@ def run_bench(cfg: DictConfig) -> None:
 
 
 def cli() -> None:
-    """Group names checked before Hydra composes (its own message spans several lines)."""
-    try:
-        check_group_overrides(sys.argv[1:])
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    main()
+    run_checked(main, check_group_overrides)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 import meal_pl  # noqa: F401  (offline default before transformers is imported)
 from meal_pl.hh_split import REWARD_MODEL_PAIRS, SPLIT_SEED, shipped_pairs_path, shipped_split
 from meal_pl.reward_model.pairs import Pair, load_hub_pairs, load_pairs
-from meal_pl.runs import CONF_DIR, check_group_overrides, one_line
+from meal_pl.runs import CONF_DIR, check_group_overrides, one_line, run_checked
 
 
 def read_pairs(cfg: DictConfig) -> tuple[list[Pair], str]:
@@ -87,12 +87,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def cli() -> None:
-    try:
-        check_group_overrides(sys.argv[1:])
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    main()
+    run_checked(main, check_group_overrides)
 
 
 if __name__ == "__main__":
