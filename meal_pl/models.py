@@ -25,12 +25,15 @@ from meal_pl.precision import adapters_follow_autocast
 from meal_pl.ranges import check_integer
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
+# The byte-level alphabet's 256 tokens and the three special ones: a smaller vocab_size is silently this size.
+SMALLEST_VOCAB = 256 + 3
 
 
 def train_tokenizer(corpus: list[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on the prompt corpus (well under a second): no tokenizer file needed."""
     if not corpus:
         raise ValueError("model=tiny trains its tokenizer on the prompt corpus, but the corpus is empty; check data.path")
+    check_integer("model.vocab_size", vocab_size, SMALLEST_VOCAB, " (the 256 bytes of the byte-level alphabet and 3 special tokens)")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -10,10 +10,11 @@ import math
 from typing import Any
 
 
-def check_integer(key: str, value: Any, least: int, note: str = "") -> None:
-    """`value` must be an integer >= `least`; `note` (e.g. " (0: off)") follows the message."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"{key}={value} must be an integer >= {least}{note}")
+def check_integer(key: str, value: Any, least: int, note: str = "", most: int | None = None) -> None:
+    """`value` must be an integer >= `least` (and <= `most` when given); `note` (e.g. " (0: off)") follows the message."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least or (most is not None and value > most):
+        bound = f">= {least}" if most is None else f"from {least} to {most}"
+        raise ValueError(f"{key}={value} must be an integer {bound}{note}")
 
 
 def check_number(key: str, value: Any, least: float = 0.0, strict: bool = False, note: str = "") -> None:

@@ -21,6 +21,7 @@ from meal_pl.chat import use_chat_template
 from meal_pl.checkpoint import describe, find_last_checkpoint, run_identity
 from meal_pl.config_check import check_key_overrides
 from meal_pl.logs import config_summary, emit, error_log, route_library_logs
+from meal_pl.ranges import check_integer
 from meal_pl.rewards import RewardSet
 from meal_pl.runs import CONF_DIR, check_group_overrides, in_sweep, record_failure, run_checked
 from meal_pl.sweeps import log_hparams
@@ -67,6 +68,8 @@ def build_run(cfg: DictConfig):
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads={threads} must be a positive integer (torch threads), or null for torch's default")
         torch.set_num_threads(threads)
+    # Lightning's own message for a bad seed names numpy's bounds, not the key.
+    check_integer("seed", cfg.seed, 0, most=2**32 - 1)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, module = build(cfg)
     save_run_files(cfg, module.tokenizer)

@@ -20,6 +20,12 @@ def test_check_integer_takes_the_floor_itself():
     check_integer("x.k", 7, 1)
 
 
+def test_check_integer_with_a_ceiling_takes_it_and_refuses_above_it():
+    check_integer("seed", 2**32 - 1, 0, most=2**32 - 1)
+    with pytest.raises(ValueError, match=r"^seed=4294967296 must be an integer from 0 to 4294967295$"):
+        check_integer("seed", 2**32, 0, most=2**32 - 1)
+
+
 @pytest.mark.parametrize("value", [-0.5, math.nan, math.inf, True, "1"])
 def test_check_number_refuses_negative_nan_inf_and_non_numbers(value):
     with pytest.raises(ValueError, match=r"x.beta=.* must be a finite number >= 0"):
@@ -58,6 +64,9 @@ def test_pareto_eval_settings_out_of_range_are_refused_with_their_key(key, value
 @pytest.mark.parametrize("overrides, message", [
     ({"hidden_size": 100}, r"model.hidden_size=100 must split into model.num_heads=4 heads of an even size"),
     ({"num_layers": 0}, r"model.num_layers=0 must be an integer >= 1"),
+    # Below the byte alphabet's 259 tokens BPE would silently build 259; a negative size overflowed in tokenizers.
+    ({"vocab_size": 0}, r"^model.vocab_size=0 must be an integer >= 259 \(the 256 bytes"),
+    ({"vocab_size": -3}, r"^model.vocab_size=-3 must be an integer >= 259"),
 ])
 def test_tiny_model_shapes_that_cannot_build_are_refused_with_their_key(overrides, message):
     from meal_pl.models import tiny_llama
