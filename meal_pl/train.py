@@ -70,6 +70,10 @@ def build_run(cfg: DictConfig):
         torch.set_num_threads(threads)
     # Lightning's own message for a bad seed names numpy's bounds, not the key.
     check_integer("seed", cfg.seed, 0, most=2**32 - 1)
+    if cfg.trainer.get("max_steps") == 0:
+        # Lightning skips the fit loop, so no evaluation or checkpoint would save the minutes of warm start.
+        raise ValueError("trainer.max_steps=0 trains no step, and the run would end with no evaluation and no checkpoint; "
+                         "give trainer.max_steps >= 1 (with 1, pareto.json's initial_front is the warm-started policy's)")
     L.seed_everything(cfg.seed, workers=True)
     datamodule, module = build(cfg)
     save_run_files(cfg, module.tokenizer)

@@ -133,6 +133,8 @@ def test_instantiation_errors_are_reported_by_their_cause_on_one_line():
     ("algorithm.meta.meta_batch_size=0", "error: algorithm.meta.meta_batch_size=0 must be an integer >= 1"),
     ("objective.grid_points=1", "error: objective.grid_points=1 must be an integer >= 2 (the simplex's corners)"),
     ("seed=-1", "error: seed=-1 must be an integer from 0 to 4294967295"),
+    ("trainer.max_steps=0", "error: trainer.max_steps=0 trains no step, and the run would end with no evaluation and no "
+     "checkpoint; give trainer.max_steps >= 1 (with 1, pareto.json's initial_front is the warm-started policy's)"),
 ])
 def test_bad_numbers_name_their_key_in_one_line(override, line, monkeypatch, capsys, tmp_path):
     code, err = train_cli(monkeypatch, capsys, "objective=synthetic", override, f"hydra.run.dir={tmp_path / 'run'}")
