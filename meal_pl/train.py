@@ -152,9 +152,13 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         if rank_zero_only.rank == 0:
             emit([f"ckpt_path=last: resuming {found} (the newest earlier run with {describe(identity)})"])
         return str(found)
-    if not os.path.isfile(str(cfg.ckpt_path)):
-        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} is not a file; give a .ckpt path or ckpt_path=last")
-    return str(cfg.ckpt_path)
+    path = Path(str(cfg.ckpt_path))
+    if path.is_dir():  # a run directory, as evaluate, generate and export take it
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file; give a .ckpt path, a run directory "
+                                "(its checkpoints/last.ckpt) or ckpt_path=last")
+    return str(path)
 
 
 # An absolute config path: a relative one resolves against the calling module, which breaks when main()

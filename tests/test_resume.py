@@ -143,3 +143,18 @@ def test_resume_with_frozen_weights_in_bf16_is_exact(tmp_path):
     second = tmp_path / "second"
     metrics = _run(second, *bf16, f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
     _assert_resumed_equals(_final(second, metrics), expected)
+
+
+def test_ckpt_path_takes_a_run_directory_as_the_checkpoint_commands_do(tmp_path):
+    from omegaconf import OmegaConf
+
+    from meal_pl.train import resolve_ckpt_path
+
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"")
+    assert resolve_ckpt_path(OmegaConf.create({"ckpt_path": str(tmp_path / "run")})) == str(last)
+    assert resolve_ckpt_path(OmegaConf.create({"ckpt_path": str(last)})) == str(last)
+    with pytest.raises(FileNotFoundError, match=r"^ckpt_path=.*empty: no such checkpoint file; give a .ckpt path, a run "):
+        (tmp_path / "empty").mkdir()
+        resolve_ckpt_path(OmegaConf.create({"ckpt_path": str(tmp_path / "empty")}))
