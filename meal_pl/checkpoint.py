@@ -161,6 +161,16 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha1(repr(vocab).encode()).hexdigest()[:16]
 
 
+def check_steps_left(checkpoint: dict[str, Any], max_steps: int | None, path: Any) -> None:
+    """Refuse to resume a checkpoint already at trainer.max_steps: Lightning would stop at once and the run would
+    write no evaluation and no checkpoint, with nothing said."""
+    step = checkpoint.get("global_step", 0)
+    if max_steps is not None and 0 < max_steps <= step:
+        raise ValueError(f"checkpoint {path} is at step {step} and trainer.max_steps={max_steps}: nothing is left to "
+                         f"train; give trainer.max_steps > {step} to train on (python -m meal_pl.evaluate "
+                         "ckpt_path=... evaluates it as it is)")
+
+
 def check_compatible(
     checkpoint: dict[str, Any], module: torch.nn.Module, identity: dict[str, Any], path: Any, strategy: Any = None
 ) -> None:

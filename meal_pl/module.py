@@ -26,6 +26,7 @@ from meal_pl import distributed, losses, meta
 from meal_pl.callbacks.rejection_sampling import require_rollout_callback
 from meal_pl.checkpoint import (
     check_compatible,
+    check_steps_left,
     meal_state,
     restore_meal_state,
     set_rng_states,
@@ -205,7 +206,9 @@ class MealModule(FrontEvaluation, L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Called before Lightning loads the state_dict: refuse a mismatched checkpoint with a one-line reason.
         trainer = self._trainer
-        check_compatible(checkpoint, self, self.identity(), getattr(trainer, "ckpt_path", None), getattr(trainer, "strategy", None))
+        path = getattr(trainer, "ckpt_path", None)
+        check_compatible(checkpoint, self, self.identity(), path, getattr(trainer, "strategy", None))
+        check_steps_left(checkpoint, getattr(trainer, "max_steps", None), path)
         self.restored = True
         restore_meal_state(self, checkpoint.get("meal_state", {}))
 

@@ -115,6 +115,10 @@ def test_resume_from_an_epoch_end_checkpoint_for_more_steps(uninterrupted, tmp_p
     second = tmp_path / "second"
     metrics = _run(second, f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
     _assert_resumed_equals(_final(second, metrics), uninterrupted)
+    # Resumed at its own max_steps, Lightning would stop at once and write nothing: refused, naming the fix.
+    with pytest.raises(ValueError, match=r"is at step 3 and trainer.max_steps=3: nothing is left to train; give "
+                                         r"trainer.max_steps > 3"):
+        _run(tmp_path / "third", "trainer.max_steps=3", f"ckpt_path={first}")
 
 
 def test_resume_with_rollouts_gathered_for_the_next_meta_step(tmp_path):
