@@ -42,6 +42,7 @@ def load_run(ckpt_path: str, device: str = "cpu", reward_paths: dict[str, str] |
     from meal_pl.checkpoint import read_checkpoint
     from meal_pl.train import build  # deferred: train imports Hydra's app machinery
 
+    target = resolve_device(device)  # a device this machine lacks is refused before minutes of loading
     ckpt, run = find_checkpoint(ckpt_path)
     state = read_checkpoint(ckpt)  # weights-only, and first: a refused file is refused before anything is built
     cfg: DictConfig = OmegaConf.load(run / ".hydra" / "config.yaml")
@@ -58,7 +59,7 @@ def load_run(ckpt_path: str, device: str = "cpu", reward_paths: dict[str, str] |
     except (InstantiationException, ConfigAttributeError, ConfigKeyError, MissingMandatoryValue) as err:
         raise ValueError(config_error_line(run, err)) from None
     module.load_state_dict(state["state_dict"])
-    return module.to(resolve_device(device)).eval(), datamodule, cfg
+    return module.to(target).eval(), datamodule, cfg
 
 
 def config_error_line(run: Path, err: Exception) -> str:
@@ -74,9 +75,34 @@ def config_error_line(run: Path, err: Exception) -> str:
 
 
 def resolve_device(device: str) -> torch.device:
+    """`cpu`, `cuda`, `cuda:N` or `auto`; a CUDA device this machine lacks is refused here, not deep in `.to()`."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device={device!r} is not a device; give device=cpu, cuda, cuda:N or auto") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device}: this machine's torch sees no CUDA device; give device=cpu (or device=auto)")
+    if chosen.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device}: meal-pl's checkpoint commands run on cpu or cuda; give device=cpu, cuda or auto")
+    return chosen
+
+
+SCALARS = {"int": (int, "an integer"), "bool": (bool, "true or false")}
+
+
+def check_scalar(key: str, text: str, value: Any, annotation: str) -> None:
+    """An integer or boolean argument must parse as one (or as null where the field allows it): `seed=abc` would
+    otherwise fail later as `invalid literal for int()`, naming no key."""
+    names = [name.strip() for name in annotation.split("|")]
+    kinds = [SCALARS[name] for name in names if name in SCALARS]
+    if not kinds or (value is None and "None" in names):
+        return
+    if any(isinstance(value, kind) and (kind is bool or not isinstance(value, bool)) for kind, _ in kinds):
+        return
+    what = " or ".join(description for _, description in kinds) + (" (or null)" if "None" in names else "")
+    raise ValueError(f"{key}={text} is not {what}")
 
 
 def parse_args(argv: list[str], defaults: Any, required: tuple[str, ...] = ()) -> Any:
@@ -94,9 +120,11 @@ def parse_args(argv: list[str], defaults: Any, required: tuple[str, ...] = ()) -
             setattr(defaults, key, value)
             continue
         try:
-            setattr(defaults, key, yaml.safe_load(value))
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError as err:
             raise ValueError(f"{key}={value!r} is not a valid value ({err.__class__.__name__})") from None
+        check_scalar(key, value, parsed, str(known[key].type))
+        setattr(defaults, key, parsed)
     missing = [name for name in required if getattr(defaults, name) in (None, "")]
     if missing:
         raise ValueError(f"missing required argument(s): {', '.join(f'{m}=...' for m in missing)}")

@@ -131,6 +131,9 @@ def test_generate_under_a_given_and_the_pwn_preference(run_dir, capsys):
         (["colour=red"], "argument 'colour=red' is not key=value"),
         (["max_new_tokens=0"], "max_new_tokens=0 must be an integer >= 1"),
         (["num_samples=0"], "num_samples=0 must be an integer >= 1"),
+        (["seed=abc"], "seed=abc is not an integer (or null)"),
+        (["num_samples=2.5"], "num_samples=2.5 is not an integer"),
+        (["greedy=maybe"], "greedy=maybe is not true or false"),
     ],
 )
 def test_generate_bad_input_is_one_line_naming_the_value(run_dir, args, message, monkeypatch, capsys):
@@ -142,6 +145,9 @@ def test_generate_bad_input_is_one_line_naming_the_value(run_dir, args, message,
 
 
 @pytest.mark.parametrize("arg, message", [("num_prompts=0", "num_prompts=0 must be an integer >= 1"),
+                                          ("seed=abc", "seed=abc is not an integer (or null)"),
+                                          ("num_prompts=true", "num_prompts=true is not an integer"),
+                                          ("device=gpu", "device='gpu' is not a device; give device=cpu, cuda, cuda:N or auto"),
                                           ("draws=0", "draws=0 must be an integer >= 1"),
                                           ("num_points=1", "num_points=1 must be an integer >= 2")])
 def test_evaluate_bad_sizes_are_one_line_naming_the_value(run_dir, arg, message, monkeypatch, capsys):
@@ -150,6 +156,17 @@ def test_evaluate_bad_sizes_are_one_line_naming_the_value(run_dir, arg, message,
         run_cli(evaluate.main)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and err.count("\n") == 1
+
+
+def test_a_cuda_device_this_machine_lacks_is_refused_by_name(monkeypatch):
+    from meal_pl.restore import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"^device=cuda:1: this machine's torch sees no CUDA device; give device=cpu"):
+        resolve_device("cuda:1")
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"device=meta: meal-pl's checkpoint commands run on cpu or cuda"):
+        resolve_device("meta")
 
 
 def test_missing_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
