@@ -123,8 +123,18 @@ def export(module, out: Path, reference: bool = True, preference: list[float] | 
     return out
 
 
+def check_out(out: Path) -> None:
+    """`out` must be a directory to (over)write, not a file and not a training run's directory."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out={out} is a file; export writes a directory: give a new one, e.g. out=exported/")
+    if (out / ".hydra").is_dir() or (out / "checkpoints").is_dir():
+        raise ValueError(f"out={out} is a training run's directory, and the export would mix its files into it; "
+                         "give a directory of its own, e.g. out=exported/")
+
+
 def main(argv: list[str]) -> None:
     args = parse_args(argv, ExportArgs(), required=("ckpt_path", "out"))
+    check_out(Path(args.out))  # before the checkpoint loads
     module, _, _ = load_run(args.ckpt_path)
     out = export(module, Path(args.out), args.reference, args.preference)
     print(f"exported to {out}: policy + tokenizer (AutoModelForCausalLM/AutoTokenizer.from_pretrained), pwn.pt, meal.json")

@@ -176,6 +176,18 @@ def test_missing_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
     assert "nope.ckpt" in capsys.readouterr().err
 
 
+def test_export_refuses_a_file_or_a_run_directory_as_out(run_dir, tmp_path, monkeypatch, capsys):
+    a_file = tmp_path / "model.bin"
+    a_file.write_text("keep me")
+    for out, message in ((a_file, "is a file; export writes a directory"), (run_dir, "is a training run's directory")):
+        monkeypatch.setattr(sys, "argv", ["export", f"ckpt_path={run_dir}", f"out={out}"])
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(export.main)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and err.count("\n") == 1
+    assert a_file.read_text() == "keep me" and not (run_dir / "meal.json").exists()
+
+
 def test_export_reloads_with_transformers(run_dir, tmp_path):
     out = tmp_path / "export"
     export.main([f"ckpt_path={run_dir}", f"out={out}"])
