@@ -70,6 +70,11 @@ def build_run(cfg: DictConfig):
         torch.set_num_threads(threads)
     # Lightning's own message for a bad seed names numpy's bounds, not the key.
     check_integer("seed", cfg.seed, 0, most=2**32 - 1)
+    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        # Lightning's own message ("No supported gpu backend found!") names neither the setting nor the fix.
+        raise ValueError(f"trainer.accelerator={accelerator} (hardware=gpu, fsdp and deepspeed) needs a CUDA GPU, and this "
+                         "machine's torch sees none; use hardware=cpu, or hardware=cpu_bf16 on a CPU with bf16 units")
     if cfg.trainer.get("max_steps") == 0:
         # Lightning skips the fit loop, so no evaluation or checkpoint would save the minutes of warm start.
         raise ValueError("trainer.max_steps=0 trains no step, and the run would end with no evaluation and no checkpoint; "

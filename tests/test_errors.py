@@ -121,6 +121,14 @@ def test_instantiation_errors_are_reported_by_their_cause_on_one_line():
     assert one_line(KeyError("k")) == "error: KeyError: 'k'"
 
 
+def test_a_gpu_config_on_a_machine_without_one_is_one_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, err = train_cli(monkeypatch, capsys, "objective=synthetic", "hardware=gpu", f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == 1 and err.strip().splitlines() == [
+        "error: trainer.accelerator=gpu (hardware=gpu, fsdp and deepspeed) needs a CUDA GPU, and this machine's torch "
+        "sees none; use hardware=cpu, or hardware=cpu_bf16 on a CPU with bf16 units"]
+
+
 @pytest.mark.parametrize("override, line", [
     ("data.batch_size=0", "error: data.batch_size=0 must be an integer >= 1"),
     ("algorithm.policy_optimizer.lr=nan", "error: algorithm.policy_optimizer.lr=nan must be a finite number > 0, e.g. 2e-3"),
