@@ -46,7 +46,7 @@ def _lookup(cfg: DictConfig, key: str) -> Any:
     """The raw value at a dotted key, or _ABSENT when some part of the key does not exist."""
     node: Any = cfg
     for part in key.split("."):
-        if isinstance(node, DictConfig) and part in node:
+        if isinstance(node, DictConfig) and part in node.keys():  # `in node` is False for a mandatory ??? value
             node = node._get_node(part)
         elif isinstance(node, ListConfig) and part.isdigit() and int(part) < len(node):
             node = node._get_node(int(part))
@@ -121,7 +121,7 @@ def check_key_overrides(args: list[str], conf_dir: Path, config_name: str = "tra
         if default is _ABSENT:
             known = known if known is not None else flat_keys(cfg)
             close = nearest(key, known)
-            hint = f"did you mean {' or '.join(close)}?" if close else "see `python -m meal_pl.train --cfg job` for every key"
+            hint = f"did you mean {' or '.join(close)}?" if close else f"see `python -m meal_pl.{config_name} --cfg job` for every key"
             raise ValueError(f"{key} is not a config key; {hint} (prefix it with + to add a new key on purpose)")
         if isinstance(default, (DictConfig, ListConfig)):
             continue

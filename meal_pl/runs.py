@@ -27,6 +27,7 @@ from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # A short unique id in run directory names (conf/hydra/default.yaml), so two runs started in the same second never
@@ -131,6 +132,8 @@ def one_line(err: BaseException) -> str:
     """`error: <message>` on one line; the type is added where the message alone would not say what went wrong."""
     while isinstance(err, InstantiationException) and err.__cause__ is not None:
         err = err.__cause__  # "Error in call to target ...": the validation error inside is the news
+    if isinstance(err, MissingMandatoryValue) and getattr(err, "full_key", None):
+        return f"error: {err.full_key} has no value (its config leaves it ???); give one on the command line: {err.full_key}=..."
     message = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
     if not isinstance(err, (ValueError, FileNotFoundError, RuntimeError, TypeError)):
         message = f"{type(err).__name__}: {message}"

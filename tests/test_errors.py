@@ -119,6 +119,13 @@ def test_instantiation_errors_are_reported_by_their_cause_on_one_line():
     assert line == "error: algorithm.sampler.num_samples=0 must be >= 1 (N, the responses sampled per prompt)"
     assert one_line(RuntimeError("line one\n  line two")) == "error: line one line two"
     assert one_line(KeyError("k")) == "error: KeyError: 'k'"
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
+
+    with pytest.raises(MissingMandatoryValue) as missing:
+        OmegaConf.create({"rm_backend": {"model": "???"}}).rm_backend.model  # noqa: B018  (the access raises)
+    assert one_line(missing.value) == ("error: rm_backend.model has no value (its config leaves it ???); give one on "
+                                       "the command line: rm_backend.model=...")
 
 
 def test_a_gpu_config_on_a_machine_without_one_is_one_line(monkeypatch, capsys, tmp_path):

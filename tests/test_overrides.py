@@ -37,6 +37,22 @@ def test_valid_overrides_pass():
     )
 
 
+@pytest.mark.parametrize("config_name, args, message", [
+    ("bench", ["bench.quik=true"], "bench.quik is not a config key; did you mean bench.quick?"),
+    ("bench", ["bench.quick=maybe"], "bench.quick=maybe is not a boolean; use true or false"),
+    ("bench", ["algorithm.beta=abc"], "algorithm.beta=abc is not a number"),  # a train key, through bench's defaults
+    ("reward_model", ["pairs.heldout=3"], "pairs.heldout is not a config key; did you mean pairs.held_out?"),
+    ("reward_model", ["rm_backend=trl", "rm_backend.lr=abc"], "rm_backend.lr=abc is not a number"),
+    ("reward_model", ["colour=red"], "colour is not a config key; see `python -m meal_pl.reward_model --cfg job`"),
+])
+def test_bench_and_reward_model_check_their_own_configs(config_name, args, message):
+    with pytest.raises(ValueError) as err:
+        check_key_overrides(args, CONF_DIR, config_name)
+    assert str(err.value).startswith(message)
+    check_key_overrides(["bench.quick=true", "bench.methods=[meal,ric]", "objective=synthetic"], CONF_DIR, "bench")
+    check_key_overrides(["rm_backend=trl", "rm_backend.model=gpt2", "pairs.held_out=10"], CONF_DIR, "reward_model")
+
+
 def test_nearest_keeps_only_the_close_keys():
     assert nearest("trainer.max_step", ["trainer.max_steps", "trainer.min_steps", "seed"]) == ["trainer.max_steps"]
 
