@@ -61,13 +61,11 @@ def build(cfg: DictConfig, tokenizer_dir: str | Path | None = None):
     return datamodule, module
 
 
-def build_run(cfg: DictConfig):
-    """Seed, then the datamodule, the module and the trainer with the config's callbacks and loggers."""
+def check_run_settings(cfg: DictConfig) -> None:
+    """The run-level settings Lightning would refuse late, vaguely, or not at all: one line naming the key."""
     threads = cfg.get("threads")
-    if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads={threads} must be a positive integer (torch threads), or null for torch's default")
-        torch.set_num_threads(threads)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads={threads} must be a positive integer (torch threads), or null for torch's default")
     # Lightning's own message for a bad seed names numpy's bounds, not the key.
     check_integer("seed", cfg.seed, 0, most=2**32 - 1)
     accelerator = str(cfg.trainer.get("accelerator", "cpu"))
@@ -79,6 +77,13 @@ def build_run(cfg: DictConfig):
         # Lightning skips the fit loop, so no evaluation or checkpoint would save the minutes of warm start.
         raise ValueError("trainer.max_steps=0 trains no step, and the run would end with no evaluation and no checkpoint; "
                          "give trainer.max_steps >= 1 (with 1, pareto.json's initial_front is the warm-started policy's)")
+
+
+def build_run(cfg: DictConfig):
+    """Seed, then the datamodule, the module and the trainer with the config's callbacks and loggers."""
+    check_run_settings(cfg)
+    if cfg.get("threads") is not None:
+        torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, module = build(cfg)
     save_run_files(cfg, module.tokenizer)

@@ -116,7 +116,7 @@ def test_ckpt_path_last_is_the_newest_earlier_run_of_the_same_experiment(tmp_pat
     with pytest.raises(FileNotFoundError, match="ckpt_path=last: no earlier run has a checkpoint"):
         find_last_checkpoint(tmp_path / "nowhere")
     cfg.ckpt_path = str(tmp_path / "typo.ckpt")
-    with pytest.raises(FileNotFoundError, match="is not a file"):
+    with pytest.raises(FileNotFoundError, match="typo.ckpt: no such checkpoint file; give a .ckpt path, a run directory"):
         resolve_ckpt_path(cfg)
 
 
