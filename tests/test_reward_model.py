@@ -238,7 +238,10 @@ def test_shipped_harm_model_prefers_refusing_a_harmful_request():
 def test_help_is_the_reward_model_apps():
     result = subprocess.run([sys.executable, "-m", "meal_pl.reward_model", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("meal_pl.reward_model: train a Bradley-Terry reward model")
-    assert "rm_backend: head, trl" in result.stdout
+    assert "== Backend (rm_backend=...) ==\nhead (default)" in result.stdout and "\ntrl: TRL's RewardTrainer" in result.stdout
+    assert "algorithm: " not in result.stdout  # train's groups are not this command's
+    listed = result.stdout.split("== Backend (rm_backend=...) ==\n")[1].split("\n\n")[0].splitlines()
+    assert {line.split(":")[0].split(" ")[0] for line in listed} == {p.stem for p in (ROOT / "conf" / "rm_backend").glob("*.yaml")}
 
 
 def test_trl_backend_without_trl_names_the_install(monkeypatch, tmp_path):
