@@ -161,6 +161,18 @@ def test_checks_compare_against_the_issue_targets():
     assert "samples/s meal_first_order vs TRL GRPOTrainer: 10.0 vs 40.0 wall (0.25x), 0.71x per CPU-second (target >= 1.0x): NOT met" in lines
 
 
+def test_a_bench_whose_method_fails_writes_its_table_and_exits_1(tmp_path):
+    out = tmp_path / "bench"
+    micro = [o for o in TINY if o != "~callbacks.progress_bar"] + ["trainer.max_steps=2"]
+    cmd = [sys.executable, "-m", "meal_pl.bench", "objective=synthetic", "bench.seeds=1", "bench.methods=[ric]",
+           "bench.warmup_steps=0", f"hydra.run.dir={out}", *micro, "data.eval_size=100000"]  # no prompt left to train on
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: 1 of 1 methods failed (ric); bench.md's rows say why")
+    rows = {r["method"]: r for r in json.loads((out / "bench.json").read_text())["methods"]}
+    assert "leave none to train on" in rows["ric"]["error"] and "| ric | failed: " in (out / "bench.md").read_text()
+
+
 def test_bench_entry_point_writes_table_json_and_figure(tmp_path):
     out = tmp_path / "bench"
     micro = [o for o in TINY if o != "~callbacks.progress_bar"] + ["trainer.max_steps=2"]

@@ -212,6 +212,10 @@ def run_bench(cfg: DictConfig) -> None:
           "![fronts](bench.png)", ""]
     (out / "bench.md").write_text("\n".join(md))
     plot_bench(rows, names, reference, synthetic and K == 2, out / "bench.png")
+    failed = [r["method"] for r in results if r.get("error") and not str(r["error"]).startswith("skipped")]
+    if failed:  # written first, so the methods that ran keep their figures; the exit status says not all did
+        raise RuntimeError(f"{len(failed)} of {len(results)} methods failed ({', '.join(failed)}); bench.md's rows say "
+                           f"why, and the others' figures are in {out / 'bench.json'}")
 
 
 def cli() -> None:
