@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +69,10 @@ def main(argv: list[str]) -> None:
     module.eval_greedy = args.greedy
     if args.seed is not None:
         module.eval_seed = args.seed
+    _, _, truncated = encode_prompts(module.tokenizer, [_as_prompt(args.prompt)], module.max_prompt_length)
+    if truncated:  # as in training, where the run counted it: the request at the end is what is answered
+        print(f"note: the prompt is longer than the run's algorithm.max_prompt_length ({module.max_prompt_length} tokens); "
+              "it keeps its last tokens", file=sys.stderr)
     chosen, responses = generate(module, args.prompt, preference, args.num_samples)
     source = "chosen by the PWN" if preference is None else "given"
     print(f"preference ({source}): " + ", ".join(f"{n}={w:.2f}" for n, w in zip(names, chosen.tolist(), strict=True)))

@@ -117,8 +117,12 @@ def test_generate_under_a_given_and_the_pwn_preference(run_dir, capsys):
     out = capsys.readouterr().out
     assert "tags: <a_to_m:0.80><n_to_z:0.20>" in out and "--- response" in out
     generate.main([f"ckpt_path={run_dir}", "prompt=Hi", "preference=auto", "num_samples=2", "max_new_tokens=4"])
-    out = capsys.readouterr().out
-    assert "(chosen by the PWN): a_to_m=" in out and "--- response 2" in out
+    captured = capsys.readouterr()
+    assert "(chosen by the PWN): a_to_m=" in captured.out and "--- response 2" in captured.out
+    assert "max_prompt_length" not in captured.err  # a short prompt: no note
+    generate.main([f"ckpt_path={run_dir}", "prompt=" + "word " * 3000, "preference=[0.5,0.5]", "max_new_tokens=4"])
+    captured = capsys.readouterr()
+    assert "--- response" in captured.out and "note: the prompt is longer than the run's algorithm.max_prompt_length" in captured.err
 
 
 @pytest.mark.parametrize(
