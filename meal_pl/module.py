@@ -109,6 +109,9 @@ class MealModule(FrontEvaluation, L.LightningModule):
         check_integer("algorithm.warm_start_prompts", warm_start_prompts, 0, " (0: every training prompt)")
         check_integer("algorithm.accumulate_grad_batches", accumulate_grad_batches, 1)
         self.reference_point = [float(v) for v in objective["reference_point"]]
+        if len(self.reference_point) != len(self.objective_names):
+            raise ValueError(f"objective.reference_point={self.reference_point} has {len(self.reference_point)} values but the "
+                             f"objective has {len(self.objective_names)} ({self.objective_names}); give one per objective")
         self.grid_points = objective.get("grid_points", 11)
         check_integer("objective.grid_points", self.grid_points, len(self.objective_names), " (the simplex's corners)")
         # The warm start's tags: the trade-off each response achieves, or (objective.warm_start_tags=neutral) 1/K.

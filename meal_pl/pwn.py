@@ -6,6 +6,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions.dirichlet import _Dirichlet_backward
 
+from meal_pl.ranges import check_integer
+
 PROPOSALS = ("point", "dirichlet")
 
 
@@ -26,7 +28,9 @@ class PreferenceWeightNet(nn.Module):
                  proposal: str = "dirichlet", concentration: float | None = None, floor: float = 0.5) -> None:
         super().__init__()
         if temperature <= 0:
-            raise ValueError(f"pwn.temperature={temperature} must be > 0")
+            raise ValueError(f"algorithm.pwn.temperature={temperature} must be > 0")
+        # 0 hidden units would leave the output bias alone: a preference that cannot read the prompt.
+        check_integer("algorithm.pwn.hidden_dim", hidden_dim, 1)
         if proposal not in PROPOSALS:
             raise ValueError(f"algorithm.pwn.proposal={proposal!r}; choose one of {PROPOSALS}")
         concentration = float(num_objectives if concentration is None else concentration)

@@ -75,10 +75,11 @@ class RejectionSampler:
             raise ValueError(f"algorithm.sampler.decoder={self.decoder!r}; choose one of {DECODERS}")
         if self.num_samples < 1:
             raise ValueError(f"algorithm.sampler.num_samples={self.num_samples} must be >= 1 (N, the responses sampled per prompt)")
-        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
-            raise ValueError(f"algorithm.sampler.min_new_tokens={self.min_new_tokens} must be in [0, max_new_tokens]")
-        if self.max_new_tokens < 1:
+        if self.max_new_tokens < 1:  # first: a bad min_new_tokens message would otherwise name the wrong key
             raise ValueError(f"algorithm.sampler.max_new_tokens={self.max_new_tokens} must be >= 1")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"algorithm.sampler.min_new_tokens={self.min_new_tokens} must be in [0, "
+                             f"algorithm.sampler.max_new_tokens={self.max_new_tokens}]")
         if not 0 <= self.quantile < 1:
             raise ValueError(f"algorithm.sampler.quantile={self.quantile} must be in [0, 1)")
         if self.scalarization not in losses.SCALARIZATIONS:
