@@ -123,6 +123,8 @@ class MealModule(FrontEvaluation, L.LightningModule):
         self.conditioner.attach(tokenizer, policy)
         # pi_ref: the frozen initial policy (re-synced after the warm start); its hidden states feed the PWN.
         # With LoRA it is the same weights with the adapters disabled, so the model is held once.
+        if lora:
+            check_integer("model.lora.r", lora.get("r", 0), 0, " (0: full fine-tuning)")
         if lora and lora.get("r", 0) > 0:
             self.policy = apply_lora(policy, self.conditioner.token_ids.flatten().tolist(), **lora)
             self.conditioner.unfreeze(self.policy)  # peft froze the backend's own parameters with the base

@@ -151,6 +151,7 @@ def test_a_gpu_config_on_a_machine_without_one_is_one_line(monkeypatch, capsys, 
     ("objective.reference_point=[0]", "error: objective.reference_point=[0.0] has 1 values but the objective has 2 "
      "(['a_to_m', 'n_to_z']); give one per objective"),
     ("algorithm.pwn.hidden_dim=0", "error: algorithm.pwn.hidden_dim=0 must be an integer >= 1"),
+    ("model.lora.r=-1", "error: model.lora.r=-1 must be an integer >= 0 (0: full fine-tuning)"),
     ("algorithm.pwn.temperature=0", "error: algorithm.pwn.temperature=0 must be > 0"),
     ("algorithm.sampler.max_new_tokens=0", "error: algorithm.sampler.max_new_tokens=0 must be >= 1"),
     ("trainer.max_steps=0", "error: trainer.max_steps=0 trains no step, and the run would end with no evaluation and no "
