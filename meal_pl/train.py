@@ -63,9 +63,8 @@ def build(cfg: DictConfig, tokenizer_dir: str | Path | None = None):
 
 def check_run_settings(cfg: DictConfig) -> None:
     """The run-level settings Lightning would refuse late, vaguely, or not at all: one line naming the key."""
-    threads = cfg.get("threads")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads={threads} must be a positive integer (torch threads), or null for torch's default")
+    if cfg.get("threads") is not None:
+        check_integer("threads", cfg.threads, 1, " (torch threads), or null for torch's default")
     # Lightning's own message for a bad seed names numpy's bounds, not the key.
     check_integer("seed", cfg.seed, 0, most=2**32 - 1)
     accelerator = str(cfg.trainer.get("accelerator", "cpu"))

@@ -148,6 +148,7 @@ def test_a_gpu_config_on_a_machine_without_one_is_one_line(monkeypatch, capsys, 
     ("algorithm.meta.meta_batch_size=0", "error: algorithm.meta.meta_batch_size=0 must be an integer >= 1"),
     ("objective.grid_points=1", "error: objective.grid_points=1 must be an integer >= 2 (the simplex's corners)"),
     ("seed=-1", "error: seed=-1 must be an integer from 0 to 4294967295"),
+    ("threads=0", "error: threads=0 must be an integer >= 1 (torch threads), or null for torch's default"),
     ("objective.reference_point=[0]", "error: objective.reference_point=[0.0] has 1 values but the objective has 2 "
      "(['a_to_m', 'n_to_z']); give one per objective"),
     ("algorithm.pwn.hidden_dim=0", "error: algorithm.pwn.hidden_dim=0 must be an integer >= 1"),
