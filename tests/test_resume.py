@@ -159,6 +159,6 @@ def test_ckpt_path_takes_a_run_directory_as_the_checkpoint_commands_do(tmp_path)
     last.write_bytes(b"")
     assert resolve_ckpt_path(OmegaConf.create({"ckpt_path": str(tmp_path / "run")})) == str(last)
     assert resolve_ckpt_path(OmegaConf.create({"ckpt_path": str(last)})) == str(last)
+    (tmp_path / "empty").mkdir()  # a directory without checkpoints/last.ckpt
     with pytest.raises(FileNotFoundError, match=r"^ckpt_path=.*empty: no such checkpoint file; give a .ckpt path, a run "):
-        (tmp_path / "empty").mkdir()
         resolve_ckpt_path(OmegaConf.create({"ckpt_path": str(tmp_path / "empty")}))
