@@ -67,8 +67,8 @@ def test_cli_prints_one_line_and_exits_2_for_a_misspelled_key(monkeypatch, capsy
     assert not any(tmp_path.iterdir())  # refused before any run directory exists
 
 
-def test_threads_must_be_a_positive_integer(tiny_cfg):
+def test_threads_must_be_an_integer_of_at_least_1(tiny_cfg):
     from meal_pl.train import build_run
 
-    with pytest.raises(ValueError, match=r"threads=abc must be a positive integer"):
+    with pytest.raises(ValueError, match=r"^threads=abc must be an integer >= 1 \(torch threads\), or null"):
         build_run(tiny_cfg("threads=abc"))
