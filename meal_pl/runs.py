@@ -29,6 +29,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from meal_pl.config_check import check_key_overrides
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # A short unique id in run directory names (conf/hydra/default.yaml), so two runs started in the same second never
 # share one; registered here, where every Hydra app of meal-pl imports it from.
@@ -114,12 +116,13 @@ def check_group_overrides(args: list[str], conf_dir: Path = CONF_DIR) -> None:
                 )
 
 
-def run_checked(main: Callable[[], Any], *checks: Callable[[list[str]], None]) -> None:
-    """A Hydra app's console entry: each check reads the command line before Hydra composes (Hydra's own messages
-    span several lines); a ValueError is one line on stderr and exit status 2 (HYDRA_FULL_ERROR=1: the traceback)."""
+def run_checked(main: Callable[[], Any], config_name: str) -> None:
+    """A Hydra app's console entry: the command line's group options and keys are checked against `config_name`
+    before Hydra composes (Hydra's own messages span several lines); a ValueError is one line on stderr and exit
+    status 2 (HYDRA_FULL_ERROR=1: the traceback)."""
     try:
-        for check in checks:
-            check(sys.argv[1:])
+        check_group_overrides(sys.argv[1:])
+        check_key_overrides(sys.argv[1:], CONF_DIR, config_name)
     except ValueError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -19,11 +19,10 @@ import meal_pl  # noqa: F401  (sets the offline default before transformers is i
 from meal_pl import precision
 from meal_pl.chat import use_chat_template
 from meal_pl.checkpoint import describe, find_last_checkpoint, run_identity
-from meal_pl.config_check import check_key_overrides
 from meal_pl.logs import config_summary, emit, error_log, route_library_logs
 from meal_pl.ranges import check_integer
 from meal_pl.rewards import RewardSet
-from meal_pl.runs import CONF_DIR, check_group_overrides, in_sweep, record_failure, run_checked
+from meal_pl.runs import CONF_DIR, in_sweep, record_failure, run_checked
 from meal_pl.sweeps import log_hparams
 
 # Lightning's own deprecation notice about torch's pytree API, printed on every run (pytest filters it too).
@@ -192,7 +191,7 @@ def main(cfg: DictConfig) -> float | None:
 
 def cli() -> None:
     """Check group names, keys and value types before Hydra composes (its own messages span several lines)."""
-    run_checked(main, check_group_overrides, lambda args: check_key_overrides(args, CONF_DIR))
+    run_checked(main, "train")
 
 
 if __name__ == "__main__":

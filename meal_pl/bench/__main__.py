@@ -39,10 +39,9 @@ from meal_pl.bench.report import (
     table_rows,
 )
 from meal_pl.bench.trl_peer import trl_available
-from meal_pl.config_check import check_key_overrides
 from meal_pl.pareto import ideal_hypervolume
 from meal_pl.ranges import check_integer
-from meal_pl.runs import CONF_DIR, check_group_overrides, one_line, run_checked
+from meal_pl.runs import one_line, run_checked
 
 
 def run_config(overrides: list[str], output_dir: Path) -> DictConfig:
@@ -219,7 +218,7 @@ def run_bench(cfg: DictConfig) -> None:
 
 
 def cli() -> None:
-    run_checked(main, check_group_overrides, lambda args: check_key_overrides(args, CONF_DIR, "bench"))
+    run_checked(main, "bench")
 
 
 if __name__ == "__main__":

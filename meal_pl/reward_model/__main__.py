@@ -21,10 +21,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 import meal_pl  # noqa: F401  (offline default before transformers is imported)
-from meal_pl.config_check import check_key_overrides
 from meal_pl.hh_split import REWARD_MODEL_PAIRS, SPLIT_SEED, shipped_pairs_path, shipped_split
 from meal_pl.reward_model.pairs import Pair, load_hub_pairs, load_pairs
-from meal_pl.runs import CONF_DIR, check_group_overrides, one_line, run_checked
+from meal_pl.runs import CONF_DIR, one_line, run_checked
 
 
 def read_pairs(cfg: DictConfig) -> tuple[list[Pair], str]:
@@ -88,7 +87,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def cli() -> None:
-    run_checked(main, check_group_overrides, lambda args: check_key_overrides(args, CONF_DIR, "reward_model"))
+    run_checked(main, "reward_model")
 
 
 if __name__ == "__main__":
