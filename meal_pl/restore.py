@@ -21,10 +21,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue
 
 
+def checkpoint_file(ckpt_path: str | Path) -> Path:
+    """The checkpoint a `ckpt_path` names: the file itself, or a run directory's checkpoints/last.ckpt."""
+    path = Path(ckpt_path)
+    return path / "checkpoints" / "last.ckpt" if path.is_dir() else path
+
+
 def find_checkpoint(ckpt_path: str) -> tuple[Path, Path]:
     """(checkpoint file, run directory); a run directory means its checkpoints/last.ckpt."""
-    path = Path(ckpt_path)
-    ckpt = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
+    ckpt = checkpoint_file(ckpt_path)
     if not ckpt.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no such checkpoint file (give a .ckpt file or a run directory)")
     run = ckpt.resolve().parent.parent

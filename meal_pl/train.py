@@ -21,6 +21,7 @@ from meal_pl.chat import use_chat_template
 from meal_pl.checkpoint import describe, find_last_checkpoint, run_identity
 from meal_pl.logs import config_summary, emit, error_log, route_library_logs
 from meal_pl.ranges import check_integer
+from meal_pl.restore import checkpoint_file
 from meal_pl.rewards import RewardSet
 from meal_pl.runs import CONF_DIR, in_sweep, record_failure, run_checked
 from meal_pl.sweeps import log_hparams
@@ -160,9 +161,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         if rank_zero_only.rank == 0:
             emit([f"ckpt_path=last: resuming {found} (the newest earlier run with {describe(identity)})"])
         return str(found)
-    path = Path(str(cfg.ckpt_path))
-    if path.is_dir():  # a run directory, as evaluate, generate and export take it
-        path = path / "checkpoints" / "last.ckpt"
+    path = checkpoint_file(str(cfg.ckpt_path))  # a run directory too, as evaluate, generate and export take it
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file; give a .ckpt path, a run directory "
                                 "(its checkpoints/last.ckpt) or ckpt_path=last")
