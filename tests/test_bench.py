@@ -15,7 +15,7 @@ from meal_pl.bench import report
 from meal_pl.bench.__main__ import check_bench, skip_reason
 from meal_pl.bench.plan import METHODS, per_run_steps, plan_runs
 from meal_pl.bench.runs import eval_settings, evaluate, fit, run_linear, run_single, run_soups
-from meal_pl.bench.trl_peer import evaluate_untagged, trl_available
+from meal_pl.bench.trl_peer import evaluate_untagged
 from meal_pl.pareto import simplex_grid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +116,6 @@ def test_linear_soups_and_trl_evaluations_average_the_draws_the_callback_average
     torch.testing.assert_close(untagged_both, (untagged_first + untagged_second) / 2)
 
 
-@pytest.mark.skipif(not trl_available(), reason="trl is not installed (optional [bench] extra)")
 def test_trl_grpo_peer_trains_and_is_scored(tmp_path):
     from meal_pl.bench.trl_peer import run_trl
 

@@ -113,6 +113,19 @@ def test_hf_classifier_heads_shape_and_cache(tiny_model):
         HFSequenceClassifierReward(tiny_model, output_index=2)
 
 
+def test_hf_classifier_reads_the_answer_of_a_text_over_max_length(tiny_model):
+    """A long dialogue loses the start of its prompt, never the answer being judged."""
+    reward = HFSequenceClassifierReward(tiny_model, max_length=8)
+    prompt = "how do I bake bread " * 10  # 50 words, over max_length
+    a, b = reward([prompt] * 2, ["hello there", "you are kind"])
+    assert a != b
+
+
+def test_hf_classifier_append_eos_needs_an_end_token(tiny_model):
+    with pytest.raises(ValueError, match="append_eos=true but .* has no eos_token or sep_token; give append_eos=false"):
+        HFSequenceClassifierReward(tiny_model, append_eos=True)
+
+
 def test_hf_classifier_offline_hub_name_fails_fast():
     name = "meal-pl-test/no-such-reward-model"
     start = time.perf_counter()

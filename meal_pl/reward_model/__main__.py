@@ -71,7 +71,7 @@ def fit(cfg: DictConfig) -> dict:
     acc = metrics["held_out_accuracy"]
     print(f"held-out pairwise accuracy {'—' if acc is None else f'{acc:.3f}'} on {len(held_out)} pairs "
           f"({len(train)} trained on, {metrics['seconds']:.0f} s); wrote {out}")
-    print(f"use it: objective.rewards.harmless.path={out.resolve()} (reward {metrics['reward_target']})")
+    print(f"use it: python -m meal_pl.train {' '.join(backend.reward_overrides(out.resolve()))}")
     return metrics
 
 

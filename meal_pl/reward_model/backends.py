@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import torch
@@ -25,6 +26,12 @@ from meal_pl.reward_model.head import (
 from meal_pl.reward_model.negatives import NEGATIVES, corrupt
 from meal_pl.reward_model.pairs import Pair
 from meal_pl.rewards.encoder import SentenceEncoder
+from meal_pl.rewards.hf_classifier import (
+    HFSequenceClassifierReward,
+    end_token,
+    prepare_tokenizer,
+    reward_texts,
+)
 
 
 class HeadBackend:
@@ -117,16 +124,34 @@ class HeadBackend:
                                        "max_length": self.max_length, "seed": self.seed, "negatives": self.negatives,
                                        "negative_weight": self.negative_weight}}
 
+    def reward_overrides(self, out: Path) -> list[str]:
+        """Train's override that points objective.rewards.harmless at this model."""
+        return [f"objective.rewards.harmless.path={out}"]
+
 
 class TRLBackend:
-    """TRL RewardTrainer on `model` (a hub name or a local directory), then its held-out pairwise accuracy."""
+    """TRL RewardTrainer on `model` (a hub name or a local directory), then its held-out pairwise accuracy.
+
+    The pairs are tokenized here exactly as the written reward reads them (HFSequenceClassifierReward with
+    append_eos: the prompt, the answer, the end token; a text over max_length loses the start of its prompt) and
+    handed to TRL tokenized, since TRL drops every pair over max_length, and HH dialogues run long.
+    """
 
     reward_target = "meal_pl.rewards.hf_classifier.HFSequenceClassifierReward"
+    template = "{prompt}{completion}"
 
     def __init__(self, model: str, epochs: float = 1.0, lr: float = 1e-5, batch_size: int = 8, max_length: int = 512,
                  seed: int = 0, bf16: bool = False) -> None:
+        check_integer("rm_backend.batch_size", batch_size, 1)
+        check_integer("rm_backend.max_length", max_length, 2)
+        check_number("rm_backend.epochs", epochs, strict=True)
+        check_number("rm_backend.lr", lr, strict=True)
         self.model, self.epochs, self.lr, self.batch_size = model, epochs, lr, batch_size
         self.max_length, self.seed, self.bf16 = max_length, seed, bf16
+
+    def _ids(self, tokenizer, pairs: list[Pair], answer: str, end: str) -> list[list[int]]:
+        texts = reward_texts(self.template, [p.prompt for p in pairs], [" " + getattr(p, answer) for p in pairs], end)
+        return tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
 
     def fit(self, train: list[Pair], held_out: list[Pair], out: Path) -> dict:
         try:
@@ -136,27 +161,40 @@ class TRLBackend:
         from datasets import Dataset
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from meal_pl.rewards.hf_classifier import HFSequenceClassifierReward
-
         tokenizer = AutoTokenizer.from_pretrained(self.model)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        prepare_tokenizer(tokenizer)
+        end = end_token(tokenizer)
+        if end is None:
+            raise ValueError(f"rm_backend.model={self.model}: its tokenizer has no eos_token or sep_token to end each "
+                             "text with (TRL's RewardTrainer reads the score there); give a model whose tokenizer has one")
         net = AutoModelForSequenceClassification.from_pretrained(self.model, num_labels=1)
         net.config.pad_token_id = tokenizer.pad_token_id
-        rows = [{"chosen": p.prompt + " " + p.chosen, "rejected": p.prompt + " " + p.rejected} for p in train]
-        args = RewardConfig(output_dir=str(out / "trainer"), num_train_epochs=self.epochs, learning_rate=self.lr,
-                            per_device_train_batch_size=self.batch_size, max_length=self.max_length, seed=self.seed,
-                            bf16=self.bf16, report_to=[], save_strategy="no", logging_steps=10)
-        trainer = RewardTrainer(model=net, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
-        trainer.train()
+        chosen, rejected = self._ids(tokenizer, train, "chosen", end), self._ids(tokenizer, train, "rejected", end)
+        rows = [{"chosen_ids": c, "rejected_ids": r} for c, r in zip(chosen, rejected, strict=True)]
+        with tempfile.TemporaryDirectory() as scratch:  # the Trainer's own output dir; out gets the model alone
+            args = RewardConfig(output_dir=scratch, num_train_epochs=self.epochs, learning_rate=self.lr,
+                                per_device_train_batch_size=self.batch_size, max_length=self.max_length,
+                                seed=self.seed, bf16=self.bf16, report_to=[], save_strategy="no", logging_steps=10)
+            trainer = RewardTrainer(model=net, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+            trainer.train()
         trainer.save_model(str(out))
         tokenizer.save_pretrained(str(out))
-        reward = HFSequenceClassifierReward(str(out), max_length=self.max_length,
+        (out / "training_args.bin").unlink(missing_ok=True)  # a pickle: the directory loads with no code run
+        reward = HFSequenceClassifierReward(str(out), max_length=self.max_length, append_eos=True,
                                             device="cuda" if torch.cuda.is_available() else "cpu")
         prompts = [p.prompt for p in held_out]
-        chosen = torch.tensor(reward(prompts, [" " + p.chosen for p in held_out]))
-        rejected = torch.tensor(reward(prompts, [" " + p.rejected for p in held_out]))
+        test_chosen = torch.tensor(reward(prompts, [" " + p.chosen for p in held_out]))
+        test_rejected = torch.tensor(reward(prompts, [" " + p.rejected for p in held_out]))
         return {"backend": "trl", "reward_target": self.reward_target, "train_accuracy": None,
-                "held_out_accuracy": pairwise_accuracy(chosen, rejected) if held_out else None,
+                "held_out_accuracy": pairwise_accuracy(test_chosen, test_rejected) if held_out else None,
+                # texts cut to max_length (their prompts' start dropped): every pair is trained on
+                "train_pairs_at_max_length": sum(max(len(c), len(r)) >= self.max_length for c, r in zip(chosen, rejected)),
                 "settings": {"model": self.model, "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
                              "max_length": self.max_length, "seed": self.seed, "bf16": self.bf16}}
+
+    def reward_overrides(self, out: Path) -> list[str]:
+        """Train's overrides that swap objective.rewards.harmless for this model (raw logits: a loose -5 bound)."""
+        reward = (f"{{_target_: {self.reward_target}, model: {out}, max_length: {self.max_length}, "
+                  "append_eos: true}")
+        return ["'~objective.rewards.harmless'", f"'+objective.rewards.harmless={reward}'",
+                "'objective.reference_point=[-0.1,-5.0]'"]

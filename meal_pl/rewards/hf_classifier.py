@@ -13,6 +13,28 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
+def prepare_tokenizer(tokenizer) -> None:
+    """The padding and truncation a reward model is trained (rm_backend=trl) and scored with."""
+    if tokenizer.pad_token is None:
+        # GPT-2 style reward models ship without a pad token; batching needs one.
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    # Right padding keeps absolute position ids as in training; HF heads pick the last non-pad token.
+    tokenizer.padding_side = "right"
+    # The answer is at the end of the text: a text over max_length loses the start of its prompt, never the
+    # answer being judged (right truncation would score two answers to a long dialogue alike).
+    tokenizer.truncation_side = "left"
+
+
+def end_token(tokenizer) -> str | None:
+    """The token TRL's RewardTrainer ends each text with: EOS, or [SEP] for BERT-style tokenizers."""
+    return tokenizer.eos_token or tokenizer.sep_token
+
+
+def reward_texts(template: str, prompts: list[str], completions: list[str], end: str = "") -> list[str]:
+    """The texts a classifier scores: the template filled with each pair, then `end` (a trained model's end token)."""
+    return [template.format(prompt=p, completion=c) + end for p, c in zip(prompts, completions, strict=True)]
+
+
 def load_classifier(model: str, device: str = "cpu") -> tuple[torch.nn.Module, object]:
     """Load (or fetch from the cache) an AutoModelForSequenceClassification and its tokenizer."""
     key = (model, device)
@@ -31,11 +53,7 @@ def load_classifier(model: str, device: str = "cpu") -> tuple[torch.nn.Module, o
                 "HF_HUB_OFFLINE=0 on a machine with network."
             ) from err
         raise
-    if tokenizer.pad_token is None:
-        # GPT-2 style reward models ship without a pad token; batching needs one.
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    # Right padding keeps absolute position ids as in training; HF heads pick the last non-pad token.
-    tokenizer.padding_side = "right"
+    prepare_tokenizer(tokenizer)
     net.config.pad_token_id = tokenizer.pad_token_id
     net = net.to(device).eval().requires_grad_(False)
     _CACHE[key] = (net, tokenizer)
@@ -46,6 +64,8 @@ class HFSequenceClassifierReward:
     """Reward = logits[:, output_index] of a sequence classifier on `template.format(prompt, completion)`.
 
     `output_index` picks one head, so one multi-head model can feed several objectives by config.
+    `append_eos` ends each text with the tokenizer's end token, as TRL's RewardTrainer trains
+    (`python -m meal_pl.reward_model rm_backend=trl` writes models to be read with it on).
     The model loads at construction, so a bad name fails before the policy is loaded.
     """
 
@@ -57,6 +77,7 @@ class HFSequenceClassifierReward:
         batch_size: int = 16,
         template: str = "{prompt}{completion}",
         device: str = "cpu",
+        append_eos: bool = False,
     ) -> None:
         self.model_name = model
         self.output_index = output_index
@@ -68,12 +89,13 @@ class HFSequenceClassifierReward:
         num_labels = self.model.config.num_labels
         if not -num_labels <= output_index < num_labels:
             raise ValueError(f"output_index={output_index} but {model!r} has {num_labels} output(s)")
+        self.end = end_token(self.tokenizer) if append_eos else ""
+        if self.end is None:
+            raise ValueError(f"append_eos=true but {model!r}'s tokenizer has no eos_token or sep_token; give append_eos=false")
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
-        texts = [
-            self.template.format(prompt=p, completion=c) for p, c in zip(prompts, completions, strict=True)
-        ]
+        texts = reward_texts(self.template, prompts, completions, self.end)
         scores: list[float] = []
         for i in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(
