@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from meal_pl.hub import hub_offline
 from meal_pl.ranges import check_integer
 
 HUMAN = "\n\nHuman:"
@@ -109,11 +110,10 @@ def hub_rows(name: str, split: str, key: str = "data.hub_name", path_key: str = 
     try:
         return load_dataset(name, split=split)
     except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ...)
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
         fix = (
             f"you are offline (HF_HUB_OFFLINE=1): set {path_key} to a local .jsonl/.jsonl.gz file, "
             "or run with HF_HUB_OFFLINE=0 and network access"
-            if offline
+            if hub_offline()
             else f"check the name and split, or set {path_key} to a local .jsonl/.jsonl.gz file"
         )
         raise RuntimeError(f"could not load {key}={name!r} (split {split!r}): {fix}. Cause: {e}") from e

@@ -7,7 +7,6 @@ config group can swap them; only the tiny model uses `corpus` (it trains its tok
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from meal_pl.hub import load_by_name
 from meal_pl.precision import adapters_follow_autocast
 from meal_pl.ranges import check_integer
 
@@ -133,19 +133,10 @@ def hub_model(
     attn_implementation: str = "sdpa",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """Load a causal LM by hub name or local path; offline with no cached copy fails at once."""
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
-        model = AutoModelForCausalLM.from_pretrained(
-            name, revision=revision, dtype=getattr(torch, dtype), attn_implementation=attn_implementation
-        )
-    except OSError as err:
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "false", "False") and not Path(name).is_dir():
-            raise RuntimeError(
-                f"model.name={name!r} is not a local directory nor in the Hugging Face cache, and the hub is "
-                "offline (HF_HUB_OFFLINE=1, meal-pl's default). Fix: set model.name to a local directory, "
-                "use model=tiny or model=smollm2_135m, or run with HF_HUB_OFFLINE=0 on a machine with network."
-            ) from err
-        raise
+    fix = "set model.name to a local directory, use model=tiny or model=smollm2_135m"
+    tokenizer = load_by_name(lambda n: AutoTokenizer.from_pretrained(n, revision=revision), "model.name", name, fix)
+    model = load_by_name(lambda n: AutoModelForCausalLM.from_pretrained(
+        n, revision=revision, dtype=getattr(torch, dtype), attn_implementation=attn_implementation), "model.name", name, fix)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

@@ -85,3 +85,10 @@ def test_trl_backend_refuses_a_tokenizer_with_no_end_token(tmp_path):
 def test_trl_backend_refuses_bad_settings_naming_the_key(kwargs, line):
     with pytest.raises(ValueError, match=f"^{line}$"):
         TRLBackend(model="gpt2", **kwargs)
+
+
+def test_trl_backend_offline_hub_name_names_the_key_and_writes_nothing(tmp_path):
+    with pytest.raises(RuntimeError, match=r"^rm_backend.model='meal-pl-test/no-such-model' is not a local directory nor "
+                                           r"in the Hugging Face cache, and the hub is offline .*HF_HUB_OFFLINE=0"):
+        TRLBackend(model="meal-pl-test/no-such-model").fit([Pair("p", "a", "b")], [], tmp_path / "rm")
+    assert not (tmp_path / "rm").exists()

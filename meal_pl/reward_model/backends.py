@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from rich.progress import Progress
 
+from meal_pl.hub import load_by_name
 from meal_pl.ranges import check_integer, check_number
 from meal_pl.reward_model.head import (
     cross_validate,
@@ -161,13 +162,15 @@ class TRLBackend:
         from datasets import Dataset
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(self.model)
+        fix = "set rm_backend.model to a local directory"
+        tokenizer = load_by_name(AutoTokenizer.from_pretrained, "rm_backend.model", self.model, fix)
         prepare_tokenizer(tokenizer)
         end = end_token(tokenizer)
         if end is None:
             raise ValueError(f"rm_backend.model={self.model}: its tokenizer has no eos_token or sep_token to end each "
                              "text with (TRL's RewardTrainer reads the score there); give a model whose tokenizer has one")
-        net = AutoModelForSequenceClassification.from_pretrained(self.model, num_labels=1)
+        net = load_by_name(lambda n: AutoModelForSequenceClassification.from_pretrained(n, num_labels=1),
+                           "rm_backend.model", self.model, fix)
         net.config.pad_token_id = tokenizer.pad_token_id
         chosen, rejected = self._ids(tokenizer, train, "chosen", end), self._ids(tokenizer, train, "rejected", end)
         rows = [{"chosen_ids": c, "rejected_ids": r} for c, r in zip(chosen, rejected, strict=True)]

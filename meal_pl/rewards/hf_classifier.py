@@ -1,16 +1,12 @@
 """Any transformers sequence-classification model as a reward (the field's RM setup, e.g. RiC's)."""
 
-import os
-
 import torch
+
+from meal_pl.hub import load_by_name
 
 # (model, device) -> (model, tokenizer): objectives that read different heads of one multi-head reward
 # model share a single copy of its weights.
 _CACHE: dict[tuple[str, str], tuple[torch.nn.Module, object]] = {}
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def prepare_tokenizer(tokenizer) -> None:
@@ -42,17 +38,9 @@ def load_classifier(model: str, device: str = "cpu") -> tuple[torch.nn.Module, o
         return _CACHE[key]
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model)
-        net = AutoModelForSequenceClassification.from_pretrained(model)
-    except Exception as err:
-        if _offline() and not os.path.isdir(model):
-            raise RuntimeError(
-                f"Cannot load reward model {model!r}: it is not a local directory and HF_HUB_OFFLINE=1 "
-                "(no network). Set the reward's `model` key to a local directory, or run with "
-                "HF_HUB_OFFLINE=0 on a machine with network."
-            ) from err
-        raise
+    config_key, fix = "objective.rewards.<name>.model", "set the reward's model key to a local directory"
+    tokenizer = load_by_name(AutoTokenizer.from_pretrained, config_key, model, fix)
+    net = load_by_name(AutoModelForSequenceClassification.from_pretrained, config_key, model, fix)
     prepare_tokenizer(tokenizer)
     net.config.pad_token_id = tokenizer.pad_token_id
     net = net.to(device).eval().requires_grad_(False)
