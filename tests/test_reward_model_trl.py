@@ -92,3 +92,12 @@ def test_trl_backend_offline_hub_name_names_the_key_and_writes_nothing(tmp_path)
                                            r"in the Hugging Face cache, and the hub is offline .*HF_HUB_OFFLINE=0"):
         TRLBackend(model="meal-pl-test/no-such-model").fit([Pair("p", "a", "b")], [], tmp_path / "rm")
     assert not (tmp_path / "rm").exists()
+
+
+def test_trl_backend_trains_in_bf16_on_a_cpu(tmp_path):
+    """bf16 is a hardware choice: the Trainer refuses it on a CPU unless told it is one."""
+    pairs = [Pair(f"\n\nHuman: how do I do thing {i}?\n\nAssistant:", REFUSE, COMPLY) for i in range(4)]
+    metrics = TRLBackend(model=_tiny_bert(tmp_path / "base"), max_length=16, batch_size=4, bf16=True).fit(
+        pairs, pairs[:1], tmp_path / "rm")
+    assert metrics["settings"]["bf16"] is True and metrics["held_out_accuracy"] is not None
+    assert (tmp_path / "rm" / "model.safetensors").exists()

@@ -177,7 +177,8 @@ class TRLBackend:
         with tempfile.TemporaryDirectory() as scratch:  # the Trainer's own output dir; out gets the model alone
             args = RewardConfig(output_dir=scratch, num_train_epochs=self.epochs, learning_rate=self.lr,
                                 per_device_train_batch_size=self.batch_size, max_length=self.max_length,
-                                seed=self.seed, bf16=self.bf16, report_to=[], save_strategy="no", logging_steps=10)
+                                seed=self.seed, bf16=self.bf16, report_to=[], save_strategy="no", logging_steps=10,
+                                use_cpu=not torch.cuda.is_available())  # bf16 on a CPU's bf16 units too
             trainer = RewardTrainer(model=net, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
             trainer.train()
         trainer.save_model(str(out))
