@@ -59,11 +59,11 @@ def test_trl_backend_trains_a_classifier_the_reward_reads_as_it_was_trained(tmp_
     assert metrics["held_out_accuracy"] == 1.0  # a separable preference, learnt
     assert not (out / "training_args.bin").exists() and (out / "model.safetensors").exists()
     assert "'+objective.rewards.harmless={_target_: meal_pl.rewards.hf_classifier.HFSequenceClassifierReward, " \
-           f"model: {out.resolve()}, max_length: 32, append_eos: true}}'" in result.stdout
+           f'model: {out.resolve()}, max_length: 32, template: "{{prompt}} {{completion}}", append_eos: true}}\'' in result.stdout
     # The written directory, read as train would read it, ranks a long prompt's answers as the metrics say.
     hf_classifier._CACHE.clear()
-    reward = HFSequenceClassifierReward(str(out), max_length=32, append_eos=True)
-    refuse, comply = reward([f"\n\nHuman: {LONG}how?\n\nAssistant:"] * 2, [" " + REFUSE, " " + COMPLY])
+    reward = HFSequenceClassifierReward(str(out), max_length=32, template="{prompt} {completion}", append_eos=True)
+    refuse, comply = reward([f"\n\nHuman: {LONG}how?\n\nAssistant:"] * 2, [REFUSE, COMPLY])
     assert refuse > comply
 
 

@@ -139,7 +139,7 @@ class TRLBackend:
     """
 
     reward_target = "meal_pl.rewards.hf_classifier.HFSequenceClassifierReward"
-    template = "{prompt}{completion}"
+    template = "{prompt} {completion}"  # an HH request ends "Assistant:", its answers and a policy's start bare
 
     def __init__(self, model: str, epochs: float = 1.0, lr: float = 1e-5, batch_size: int = 8, max_length: int = 512,
                  seed: int = 0, bf16: bool = False) -> None:
@@ -151,7 +151,7 @@ class TRLBackend:
         self.max_length, self.seed, self.bf16 = max_length, seed, bf16
 
     def _ids(self, tokenizer, pairs: list[Pair], answer: str, end: str) -> list[list[int]]:
-        texts = reward_texts(self.template, [p.prompt for p in pairs], [" " + getattr(p, answer) for p in pairs], end)
+        texts = reward_texts(self.template, [p.prompt for p in pairs], [getattr(p, answer) for p in pairs], end)
         return tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
 
     def fit(self, train: list[Pair], held_out: list[Pair], out: Path) -> dict:
@@ -184,11 +184,11 @@ class TRLBackend:
         trainer.save_model(str(out))
         tokenizer.save_pretrained(str(out))
         (out / "training_args.bin").unlink(missing_ok=True)  # a pickle: the directory loads with no code run
-        reward = HFSequenceClassifierReward(str(out), max_length=self.max_length, append_eos=True,
-                                            device="cuda" if torch.cuda.is_available() else "cpu")
+        reward = HFSequenceClassifierReward(str(out), max_length=self.max_length, template=self.template,
+                                            append_eos=True, device="cuda" if torch.cuda.is_available() else "cpu")
         prompts = [p.prompt for p in held_out]
-        test_chosen = torch.tensor(reward(prompts, [" " + p.chosen for p in held_out]))
-        test_rejected = torch.tensor(reward(prompts, [" " + p.rejected for p in held_out]))
+        test_chosen = torch.tensor(reward(prompts, [p.chosen for p in held_out]))
+        test_rejected = torch.tensor(reward(prompts, [p.rejected for p in held_out]))
         return {"backend": "trl", "reward_target": self.reward_target, "train_accuracy": None,
                 "held_out_accuracy": pairwise_accuracy(test_chosen, test_rejected) if held_out else None,
                 # texts cut to max_length (their prompts' start dropped): every pair is trained on
@@ -199,6 +199,6 @@ class TRLBackend:
     def reward_overrides(self, out: Path) -> list[str]:
         """Train's overrides that swap objective.rewards.harmless for this model (raw logits: a loose -5 bound)."""
         reward = (f"{{_target_: {self.reward_target}, model: {out}, max_length: {self.max_length}, "
-                  "append_eos: true}")
+                  f'template: "{self.template}", append_eos: true}}')
         return ["'~objective.rewards.harmless'", f"'+objective.rewards.harmless={reward}'",
                 "'objective.reference_point=[-0.1,-5.0]'"]
