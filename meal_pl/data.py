@@ -103,12 +103,14 @@ def load_records(path: str) -> list[dict]:
     return records
 
 
-def hub_rows(name: str, split: str, key: str = "data.hub_name", path_key: str = "data.path") -> Any:
-    """The rows of a hub dataset (or its local cache); a failure says how to fix it, naming the config keys."""
+def hub_rows(name: str, split: str, key: str = "data.hub_name", path_key: str = "data.path",
+             data_dir: str | None = None) -> Any:
+    """The rows of a hub dataset (or its local cache; `data_dir`: one subset, e.g. HH's harmless-base); a failure
+    says how to fix it, naming the config keys."""
     from datasets import load_dataset  # deferred: importing datasets costs ~1 s and is rarely needed
 
     try:
-        return load_dataset(name, split=split)
+        return load_dataset(name, data_dir=data_dir, split=split)
     except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ...)
         fix = (
             f"you are offline (HF_HUB_OFFLINE=1): set {path_key} to a local .jsonl/.jsonl.gz file, "

@@ -251,3 +251,26 @@ def test_trl_backend_without_trl_names_the_install(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match=r"rm_backend=trl needs TRL: pip install 'meal-pl\[bench\]'"):
         TRLBackend(model="gpt2").fit([Pair("p", "a", "b")], [], tmp_path / "rm")
     assert not (tmp_path / "rm").exists()
+
+
+def test_hub_pairs_read_one_subset_by_data_dir(monkeypatch):
+    """pairs.data_dir reaches datasets.load_dataset: HH's harm pairs are its harmless-base subset, not all of HH."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from meal_pl.reward_model.__main__ import read_pairs
+
+    calls = []
+
+    def fake_load_dataset(name, data_dir=None, split=None):
+        calls.append((name, data_dir, split))
+        return [{"chosen": HH.format(q="hi", a="Hello!"), "rejected": HH.format(q="hi", a="Go away.")}]
+
+    monkeypatch.setattr("datasets.load_dataset", fake_load_dataset)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("reward_model", overrides=["pairs.hub_name=Anthropic/hh-rlhf", "pairs.data_dir=harmless-base"])
+    GlobalHydra.instance().clear()
+    pairs, source = read_pairs(cfg)
+    assert calls == [("Anthropic/hh-rlhf", "harmless-base", "train")]
+    assert source == "hub Anthropic/hh-rlhf (harmless-base, train)" and pairs[0].rejected == "Go away."

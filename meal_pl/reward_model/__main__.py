@@ -31,7 +31,9 @@ def read_pairs(cfg: DictConfig) -> tuple[list[Pair], str]:
     if cfg.pairs.path is not None and cfg.pairs.hub_name is not None:
         raise ValueError(f"set one of pairs.path ({cfg.pairs.path!r}) and pairs.hub_name ({cfg.pairs.hub_name!r})")
     if cfg.pairs.hub_name is not None:
-        return load_hub_pairs(cfg.pairs.hub_name, cfg.pairs.split), f"hub {cfg.pairs.hub_name} ({cfg.pairs.split})"
+        subset = f"{cfg.pairs.data_dir}, " if cfg.pairs.data_dir else ""
+        return (load_hub_pairs(cfg.pairs.hub_name, cfg.pairs.split, cfg.pairs.data_dir),
+                f"hub {cfg.pairs.hub_name} ({subset}{cfg.pairs.split})")
     if cfg.pairs.path is not None:
         return load_pairs(cfg.pairs.path), cfg.pairs.path
     rm_pairs, _ = shipped_split()

@@ -59,11 +59,11 @@ def load_pairs(path: str, skip_invalid: bool = False) -> list[Pair]:
     return pairs
 
 
-def load_hub_pairs(name: str, split: str) -> list[Pair]:
-    """Pairs of a hub dataset in either format (needs the network, or the dataset in the local cache); pairs that
-    prefer nothing (equal or empty answers) are dropped."""
+def load_hub_pairs(name: str, split: str, data_dir: str | None = None) -> list[Pair]:
+    """Pairs of a hub dataset in either format (needs the network, or the dataset in the local cache; `data_dir`:
+    one subset of it); pairs that prefer nothing (equal or empty answers) are dropped."""
     pairs = []
-    for row in hub_rows(name, split, "pairs.hub_name", "pairs.path"):
+    for row in hub_rows(name, split, "pairs.hub_name", "pairs.path", data_dir):
         try:
             pairs.append(pair_from_row(dict(row)))
         except ValueError:
