@@ -191,7 +191,7 @@ class TRLBackend:
         test_rejected = torch.tensor(reward(prompts, [p.rejected for p in held_out]))
         return {"backend": "trl", "reward_target": self.reward_target, "train_accuracy": None,
                 "held_out_accuracy": pairwise_accuracy(test_chosen, test_rejected) if held_out else None,
-                # texts cut to max_length (their prompts' start dropped): every pair is trained on
+                # texts at max_length: cut there (their prompt's start dropped) or exactly that long; every pair is trained on
                 "train_pairs_at_max_length": sum(max(len(c), len(r)) >= self.max_length for c, r in zip(chosen, rejected)),
                 "settings": {"model": self.model, "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
                              "max_length": self.max_length, "seed": self.seed, "bf16": self.bf16}}
