@@ -101,3 +101,11 @@ def test_trl_backend_trains_in_bf16_on_a_cpu(tmp_path):
         pairs, pairs[:1], tmp_path / "rm")
     assert metrics["settings"]["bf16"] is True and metrics["held_out_accuracy"] is not None
     assert (tmp_path / "rm" / "model.safetensors").exists()
+
+
+def test_trl_backend_refuses_a_max_length_over_the_models_positions(tmp_path):
+    model = _tiny_bert(tmp_path / "base")  # 64 positions
+    with pytest.raises(ValueError, match=r"^rm_backend.max_length=65 is over the 64 positions of rm_backend.model=.*base; "
+                                         r"give rm_backend.max_length=64 or less$"):
+        TRLBackend(model=model, max_length=65).fit([Pair("p", "a", "b")], [], tmp_path / "rm")
+    assert not (tmp_path / "rm").exists()

@@ -172,6 +172,10 @@ class TRLBackend:
         net = load_by_name(lambda n: AutoModelForSequenceClassification.from_pretrained(n, num_labels=1),
                            "rm_backend.model", self.model, fix)
         net.config.pad_token_id = tokenizer.pad_token_id
+        positions = getattr(net.config, "max_position_embeddings", None)
+        if positions is not None and self.max_length > positions:
+            raise ValueError(f"rm_backend.max_length={self.max_length} is over the {positions} positions of "
+                             f"rm_backend.model={self.model}; give rm_backend.max_length={positions} or less")
         chosen, rejected = self._ids(tokenizer, train, "chosen", end), self._ids(tokenizer, train, "rejected", end)
         rows = [{"chosen_ids": c, "rejected_ids": r} for c, r in zip(chosen, rejected, strict=True)]
         with tempfile.TemporaryDirectory() as scratch:  # the Trainer's own output dir; out gets the model alone
