@@ -126,6 +126,14 @@ def test_hf_classifier_append_eos_needs_an_end_token(tiny_model):
         HFSequenceClassifierReward(tiny_model, append_eos=True)
 
 
+def test_hf_classifier_cuts_texts_at_the_models_positions(tiny_model):
+    """max_length (512 by default) over the model's 64 positions: a long text is cut there, not an error."""
+    reward = HFSequenceClassifierReward(tiny_model)
+    assert reward.max_length == 64
+    a, b = reward(["how do I bake bread " * 30] * 2, ["hello there", "you are kind"])  # 150 words
+    assert math.isfinite(a) and a != b
+
+
 def test_hf_classifier_offline_hub_name_fails_fast():
     name = "meal-pl-test/no-such-reward-model"
     start = time.perf_counter()

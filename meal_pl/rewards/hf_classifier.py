@@ -69,7 +69,6 @@ class HFSequenceClassifierReward:
     ) -> None:
         self.model_name = model
         self.output_index = output_index
-        self.max_length = max_length
         self.batch_size = batch_size
         self.template = template
         self.device = device
@@ -77,6 +76,9 @@ class HFSequenceClassifierReward:
         num_labels = self.model.config.num_labels
         if not -num_labels <= output_index < num_labels:
             raise ValueError(f"output_index={output_index} but {model!r} has {num_labels} output(s)")
+        # A text past the model's positions fails at its batch; cut there instead (from the left: the answer stays).
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        self.max_length = max_length if positions is None else min(max_length, positions)
         self.end = end_token(self.tokenizer) if append_eos else ""
         if self.end is None:
             raise ValueError(f"append_eos=true but {model!r}'s tokenizer has no eos_token or sep_token; give append_eos=false")
