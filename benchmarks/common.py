@@ -25,7 +25,7 @@ from meal_pl.runs import CONF_DIR  # noqa: E402
 NO_EVAL = ["~callbacks.pareto_eval", "~callbacks.generations"]
 # The SmolLM2 benchmarks time and compare its online steps, as their tables were measured: the preference as tags and
 # no warm start (the experiment's DPO warm start would add ~15 minutes and its text conditioning longer prompts).
-SMOLLM2_STEPS = ["experiment=smollm2_lora", "conditioning=tags", "algorithm.warm_start_steps=0"]
+SMOLLM2_STEPS = ["experiment=smollm2_lora", "conditioning=tags", "warm_start.steps=0"]
 
 
 def quick_config(method: str, extra: list[str], output_dir: Path) -> DictConfig:

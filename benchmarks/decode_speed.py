@@ -37,7 +37,7 @@ DECODERS = ("hf", "loop")
 
 
 def size_config(size: str, objective: str, out: Path, warm_start_steps: int | None):
-    extra = [f"objective={objective}"] + ([f"algorithm.warm_start_steps={warm_start_steps}"] if warm_start_steps is not None else [])
+    extra = [f"objective={objective}"] + ([f"warm_start.steps={warm_start_steps}"] if warm_start_steps is not None else [])
     if size == "quick":
         return quick_config("ric", extra, out)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -48,8 +48,8 @@ def measure(size: str, objective: str, batches: int, repeats: int, warm_start_st
     cfg = size_config(size, objective, out / size, warm_start_steps)
     torch.manual_seed(cfg.seed)
     datamodule, module = build(cfg)
-    if module.warm_start_steps > 0:
-        module.run_warm_start(datamodule.sft_pairs())
+    if module.warm_start is not None:
+        module.warm_start.prepare(module, datamodule)
     sampler, tok = module.sampler, module.tokenizer
     B, N = cfg.data.batch_size, sampler.num_samples
     prompts = datamodule.train_prompts
@@ -87,7 +87,7 @@ def measure(size: str, objective: str, batches: int, repeats: int, warm_start_st
         "size": size, "objective": objective, "prompts_per_call": B, "samples_per_prompt": N,
         "max_new_tokens": sampler.max_new_tokens, "min_new_tokens": sampler.min_new_tokens,
         "model": {k: model[k] for k in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "vocab_size")},
-        "warm_start_steps": module.warm_start_steps, "batches": batches, "repeats": repeats,
+        "warm_start_steps": module.warm_start.steps if module.warm_start else 0, "batches": batches, "repeats": repeats,
         "mean_response_tokens": statistics.fmean(lengths), "mean_decode_steps": statistics.fmean(widths),
         "hf_cpu_s_per_call": hf_s, "loop_cpu_s_per_call": loop_s, "speedup": hf_s / loop_s,
         "hf_cpu_s_passes": seconds["hf"], "loop_cpu_s_passes": seconds["loop"], "identical": True,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
-    "algorithm.warm_start_steps=0", "algorithm.meta.lookahead=first_order", "algorithm.sampler.num_samples=2",
+    "warm_start.steps=0", "algorithm.meta.lookahead=first_order", "algorithm.sampler.num_samples=2",
     "algorithm.sampler.max_new_tokens=8", "algorithm.sampler.min_new_tokens=0", "data.batch_size=2",
     "trainer.max_steps=2", "logger=none", "objective=synthetic",
     "~callbacks.pareto_eval", "~callbacks.generations", "~callbacks.model_checkpoint", "~callbacks.progress_bar",

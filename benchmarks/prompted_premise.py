@@ -35,7 +35,7 @@ def warm_started_rewards(objective: str, warm_start: int, seed: int, out: Path, 
     torch.manual_seed(seed)
     datamodule, module, _ = build_run(cfg)
     datamodule.setup("fit")
-    module.run_warm_start(datamodule.sft_pairs(), seed=0)
+    module.warm_start.prepare(module, datamodule)  # the data's answers, batches in the order of seed 0
     held_out = datamodule.eval_prompts()[:prompts]
     K = len(module.objective_names)
     weights = torch.tensor(preferences) if preferences else torch.cat([torch.eye(K), torch.full((1, K), 1.0 / K)])

@@ -52,7 +52,7 @@ def point(spec: dict) -> dict:
     from meal_pl.train import build_run
 
     torch.set_num_threads(1)
-    extra = ["objective=synthetic", "algorithm.warm_start_steps=0", f"data.batch_size={spec['batch']}",
+    extra = ["objective=synthetic", "warm_start.steps=0", f"data.batch_size={spec['batch']}",
              f"algorithm.sampler.max_new_tokens={spec['max_new_tokens']}",
              f"trainer.max_steps={spec['steps'] + spec['skip'] + 1}", *NO_EVAL, *spec["model_overrides"]]
 

@@ -1,11 +1,11 @@
-"""The warm start as DPO on answer pairs ranked at preferences on the simplex (algorithm.warm_start_loss=dpo).
+"""The warm start as DPO on answer pairs ranked at preferences on the simplex (warm_start.loss=dpo).
 
 SFT under the trade-off each answer achieves (meal_pl/sft.py, RiC's offline stage) shows the policy one answer at a
 time; what w should change is only in the difference between answers. Here each prompt's answers are ranked under
 each corner w = e_k (the answer with the most of objective k over the one with the least, `losses.preference_pairs` at the corners),
 and the policy, conditioned on that corner's preference, learns the ranking by DPO against itself before the warm
 start. Where a prompt's answers conflict (one more helpful, the other more harmless), the two corners rank them
-oppositely: the preference is all that tells the two rankings apart. With `algorithm.warm_start_dpo_points` the
+oppositely: the preference is all that tells the two rankings apart. With `warm_start.dpo_points` the
 answers are also ranked at the preferences between the corners (`losses.preference_pairs`, on normalised rewards),
 so the policy is shown where along the simplex a conflict's ranking turns, not only its two ends.
 """
@@ -77,3 +77,26 @@ def dpo_warm_start(policy: PreTrainedModel, batches: list[PairBatch], steps: int
         return dpo_loss(chosen, rejected, *reference[i], beta)
 
     return offline_steps(policy, len(batches), steps, lr, batch_loss, seed)
+
+
+@torch.no_grad()
+def pair_logprobs(policy: PreTrainedModel, batches: list[PairBatch], conditioner) -> list[tuple[Tensor, Tensor]]:
+    """Each batch's (chosen, rejected) summed log-probabilities in eval mode: the held-out pairs' figures."""
+    was_training = policy.training
+    policy.eval()
+    try:
+        return [tuple(t.float().cpu() for t in summed_logprobs(policy, [t.to(policy.device) for t in b], conditioner))
+                for b in batches]
+    finally:
+        policy.train(was_training)
+
+
+def dpo_metrics(policy: list[tuple[Tensor, Tensor]], reference: list[tuple[Tensor, Tensor]], beta: float) -> dict:
+    """TRL DPOTrainer's figures over pairs: the implicit rewards beta * (log pi - log pi_ref) of the chosen and the
+    rejected answers, their margin, and the share of pairs whose chosen answer gets the larger (`rewards/accuracies`)."""
+    if not policy:
+        return {}
+    chosen = beta * (torch.cat([c for c, _ in policy]) - torch.cat([c for c, _ in reference]))
+    rejected = beta * (torch.cat([r for _, r in policy]) - torch.cat([r for _, r in reference]))
+    return {"pairs": int(chosen.numel()), "rewards/chosen": float(chosen.mean()), "rewards/rejected": float(rejected.mean()),
+            "rewards/margins": float((chosen - rejected).mean()), "rewards/accuracies": float((chosen > rejected).float().mean())}

@@ -65,9 +65,10 @@ def emit(lines: list[str]) -> None:
 def config_summary(cfg: DictConfig, choices: dict[str, Any], ckpt_path: str | None) -> list[str]:
     """The few settings that identify a run, for the top of the log."""
     sampler = cfg.algorithm.get("sampler") or {}
-    from meal_pl.sft import warm_start_length  # deferred: the log's setup needs no torch
-
-    warm_start_steps = warm_start_length(cfg.get("objective"), cfg.algorithm.get("warm_start_steps") or 0)
+    stage = cfg.get("warm_start") or {}
+    # an objective's own length wins (objective.warm_start_steps, as meal_pl.warm_start.WarmStart reads it)
+    own_steps = (cfg.get("objective") or {}).get("warm_start_steps")
+    warm_start_steps = int(own_steps if own_steps is not None else stage.get("steps") or 0)
     lines = [
         f"run directory: {cfg.paths.output_dir}",
         "config: " + ", ".join(f"{k}={choices[k]}" for k in ("objective", "model", "algorithm", "pwn", "hardware") if k in choices),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -38,7 +37,7 @@ from meal_pl.evaluation import FrontEvaluation
 from meal_pl.inference import contiguous_head_input, token_rows_written_in
 from meal_pl.limits import check_context, check_prompt_lengths
 from meal_pl.meta import MetaConfig
-from meal_pl.models import apply_lora, fold_lora, is_peft
+from meal_pl.models import apply_lora, is_peft
 from meal_pl.pareto import ideal_hypervolume
 from meal_pl.precision import forward_context
 from meal_pl.profiling import section
@@ -47,16 +46,14 @@ from meal_pl.rewards import RewardSet, RunningRewardNorm
 from meal_pl.rollout import Rollout, gather
 from meal_pl.sampling import RejectionSampler, generate_eval_mode, position_ids
 from meal_pl.sequences import conditioned, sequence_logprobs
-from meal_pl.sft import dpo_preferences, warm_start_length, warm_start_module, warm_start_pairs
+from meal_pl.sft import dpo_preferences
 from meal_pl.step_metrics import publish, step_metrics
+from meal_pl.warm_start import WarmStart
 
 _log = logging.getLogger("meal_pl")
 
 __all__ = ["MealModule", "MetaConfig"]
 PROMPT_OVERFLOW = ("truncate", "error")
-# What the warm start trains on: the data's answers, or the policy's own (RiC's offline stage on what it writes).
-WARM_START_SOURCES = ("data", "policy")
-WARM_START_LOSSES = ("sft", "dpo")
 
 # pi_ref is frozen in eval mode on purpose; Lightning's generic warning about eval-mode modules is noise here.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
@@ -78,13 +75,11 @@ class MealModule(FrontEvaluation, L.LightningModule):
         pwn: Callable[..., torch.nn.Module], sampler: RejectionSampler, meta: MetaConfig,
         policy_optimizer: Callable[..., torch.optim.Optimizer], pwn_optimizer: Callable[..., torch.optim.Optimizer],
         beta: float = 0.05, warmup_steps: int = 10, gradient_clip_val: float = 1.0, max_prompt_length: int = 96,
-        prompt_overflow: str = "truncate", conditioner: Callable[..., TextTagConditioner] | None = None, warm_start_steps: int = 0,
-        warm_start_lr: float = 1e-3, warm_start_batch_size: int = 16, eval_batch_size: int = 128,
+        prompt_overflow: str = "truncate", conditioner: Callable[..., TextTagConditioner] | None = None,
+        warm_start: WarmStart | None = None, eval_batch_size: int = 128,
         eval_greedy: bool = False, eval_seed: int = 1234, histogram_every_n_steps: int = 10,
         accumulate_grad_batches: int = 1, lora: dict[str, Any] | None = None, neutral_tags: bool = False,
-        tag_lr_scale: float = 1.0, warm_start_source: str = "data", warm_start_answers: int = 2,
-        warm_start_prompts: int = 0, warm_start_loss: str = "sft", warm_start_dpo_beta: float = 0.1,
-        warm_start_dpo_points: int = 0,
+        tag_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -93,20 +88,14 @@ class MealModule(FrontEvaluation, L.LightningModule):
         check_context(policy, max_prompt_length, len(self.objective_names), sampler.max_new_tokens)
         if prompt_overflow not in PROMPT_OVERFLOW:
             raise ValueError(f"algorithm.prompt_overflow={prompt_overflow!r}; choose one of {PROMPT_OVERFLOW}")
-        if warm_start_source not in WARM_START_SOURCES:
-            raise ValueError(f"algorithm.warm_start_source={warm_start_source!r}; choose one of {WARM_START_SOURCES}")
-        if warm_start_loss not in WARM_START_LOSSES:
-            raise ValueError(f"algorithm.warm_start_loss={warm_start_loss!r}; choose one of {WARM_START_LOSSES}")
-        check_number("algorithm.warm_start_dpo_beta", warm_start_dpo_beta, strict=True, note=", e.g. 0.1")
         check_number("algorithm.beta", beta, note=" (the KL weight; 0: no KL term)")
         check_number("algorithm.gradient_clip_val", gradient_clip_val, strict=True, note=" (the norm gradients are clipped to)")
-        check_number("algorithm.warm_start_lr", warm_start_lr, strict=True, note=", e.g. 2e-3")
-        for key, value, least in (("warmup_steps", warmup_steps, 0), ("warm_start_batch_size", warm_start_batch_size, 1),
+        for key, value, least in (("warmup_steps", warmup_steps, 0),
                                   ("eval_batch_size", eval_batch_size, 1), ("histogram_every_n_steps", histogram_every_n_steps, 1)):
             check_integer(f"algorithm.{key}", value, least)
-        dpo_preferences(len(self.objective_names), warm_start_dpo_points)  # its check, here: before minutes of sampling
-        check_integer("algorithm.warm_start_answers", warm_start_answers, 1)
-        check_integer("algorithm.warm_start_prompts", warm_start_prompts, 0, " (0: every training prompt)")
+        if warm_start is not None:  # its check, here: before minutes of sampling
+            dpo_preferences(len(self.objective_names), warm_start.dpo_points)
+        self.warm_start = warm_start  # the stage on_fit_start runs (meal_pl/warm_start.py): its own settings and directory
         check_integer("algorithm.accumulate_grad_batches", accumulate_grad_batches, 1)
         self.reference_point = [float(v) for v in objective["reference_point"]]
         if len(self.reference_point) != len(self.objective_names):
@@ -114,8 +103,6 @@ class MealModule(FrontEvaluation, L.LightningModule):
                              f"objective has {len(self.objective_names)} ({self.objective_names}); give one per objective")
         self.grid_points = objective.get("grid_points", 11)
         check_integer("objective.grid_points", self.grid_points, len(self.objective_names), " (the simplex's corners)")
-        # The warm start's tags: the trade-off each response achieves, or (objective.warm_start_tags=neutral) 1/K.
-        self.warm_start_tags = objective.get("warm_start_tags", "achieved")
         simplex = objective.get("front") == "simplex"
         self.max_hypervolume = ideal_hypervolume(len(self.objective_names), self.grid_points, self.reference_point) if simplex else None
         # How w reaches the policy (conditioning=tags|tied_tags|embedding|svd_lora|text); its modules live in the policy.
@@ -150,13 +137,6 @@ class MealModule(FrontEvaluation, L.LightningModule):
         self.beta, self.warmup_steps, self.gradient_clip_val = beta, warmup_steps, gradient_clip_val
         self.max_prompt_length, self.prompt_overflow, self.eval_batch_size = max_prompt_length, prompt_overflow, eval_batch_size
         self.eval_greedy, self.eval_seed = eval_greedy, eval_seed
-        self.warm_start_steps = warm_start_length(objective, warm_start_steps)
-        check_integer("algorithm.warm_start_steps", self.warm_start_steps, 0, " (0: no warm start)")
-        self.warm_start_lr, self.warm_start_batch_size = warm_start_lr, warm_start_batch_size
-        self.warm_start_source, self.warm_start_answers = warm_start_source, warm_start_answers
-        self.warm_start_prompts = warm_start_prompts
-        self.warm_start_loss, self.warm_start_dpo_beta = warm_start_loss, warm_start_dpo_beta
-        self.warm_start_dpo_points = warm_start_dpo_points
         self.histogram_every_n_steps, self.accumulate_grad_batches = histogram_every_n_steps, accumulate_grad_batches
         # Unconditioned baselines (linear, soups): every prompt carries the uniform tag in training and
         # evaluation, so preferences act through selection only and a front must come from separate policies.
@@ -236,40 +216,23 @@ class MealModule(FrontEvaluation, L.LightningModule):
             distributed.broadcast_(list(self.pwn.parameters()))
 
     def on_fit_start(self) -> None:
-        """Check for a rollout callback and the prompt lengths; warm start once (never on resume)."""
+        """Check for a rollout callback and the prompt lengths; then the warm start (never on resume)."""
         require_rollout_callback(self.trainer.callbacks)
         datamodule = self.trainer.datamodule
         if datamodule is not None and hasattr(datamodule, "eval_prompts"):
             prompts = list(getattr(datamodule, "train_prompts", [])) + datamodule.eval_prompts()
             context = getattr(self.policy.config, "max_position_embeddings", None)
             check_prompt_lengths(self.tokenizer, prompts, self.max_prompt_length, self.prompt_overflow, context)
-        if self.restored or self.warm_start_steps <= 0:
+        if self.restored or self.warm_start is None:
             return
-        # Minutes on a real model, before the first step's progress: say what runs, then what it did.
-        start = time.perf_counter()
-        pairs, what = warm_start_pairs(self, datamodule, announce=self.trainer.is_global_zero)
-        if self.trainer.is_global_zero:
-            steps, on = self.warm_start_steps, f"{len(pairs)} {what}"
-            _log.info(f"warm start: {steps} DPO steps on {on}, each prompt's answers ranked at the simplex's "
-                      f"{'corners' if self.warm_start_dpo_points == 0 else f'{self.warm_start_dpo_points}-point grid'} "
-                      "(algorithm.warm_start_loss=dpo, algorithm.warm_start_steps)" if self.warm_start_loss == "dpo" else
-                      f"warm start: {steps} SFT steps on {on} under the tags of the trade-off each achieves "
-                      "(algorithm.warm_start_steps)")
-        history = self.run_warm_start(pairs, seed=self.trainer.current_epoch)
-        if history and self.trainer.is_global_zero:
-            _log.info(f"warm start done in {time.perf_counter() - start:.0f} s: loss {history[0]:.3f} -> {history[-1]:.3f}")
-        if history and self.logger is not None:
-            self.logger.log_metrics({"warm_start/first_loss": history[0], "warm_start/last_loss": history[-1]}, step=0)
-
-    def run_warm_start(self, pairs: list[tuple[str, str]], seed: int = 0) -> list[float]:
-        """SFT on (prompt, response) pairs under their achieved tags, then re-sync pi_ref; the loss history."""
-        history = warm_start_module(self, pairs, seed)
-        if self.ref is None:
-            fold_lora(self.policy)  # the warmed-up weights become the base, i.e. pi_ref
-            self.conditioner.snapshot(self.policy)  # and so do the backend's, for pi_ref's frozen copy
-        else:
-            self.ref.load_state_dict(self.policy.state_dict())
-        return history
+        # The warm start is its own stage, kept and reused across runs; it runs here, after the precision plugin has
+        # set the weights' dtypes, so that it trains as the run would.
+        info = self.warm_start.prepare(self, datamodule)
+        if info and self.logger is not None:
+            loss, held = info.get("loss", {}), info.get("heldout", {})
+            figures = {f"warm_start/{k}_loss": loss[k] for k in ("first", "last", "first_tenth", "last_tenth") if k in loss}
+            figures |= {f"warm_start/heldout_{k}": v for k, v in held.items() if isinstance(v, (int, float)) and v is not None}
+            self.logger.log_metrics(figures | {"warm_start/reused": float(info.get("reused", False))}, step=0)
 
     # ----- the training step (METHOD.md step 9: rollout -> meta step -> base step -> log) ------------
     def training_step(self, batch: list[str], batch_idx: int) -> None:

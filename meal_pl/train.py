@@ -25,6 +25,7 @@ from meal_pl.restore import checkpoint_file
 from meal_pl.rewards import RewardSet
 from meal_pl.runs import CONF_DIR, in_sweep, record_failure, run_checked
 from meal_pl.sweeps import log_hparams
+from meal_pl.warm_start import warm_start_settings
 
 # Lightning's own deprecation notice about torch's pytree API, printed on every run (pytest filters it too).
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
@@ -56,8 +57,15 @@ def build(cfg: DictConfig, tokenizer_dir: str | Path | None = None):
     lora = OmegaConf.to_container(lora, resolve=True) if lora is not None else None
     # Runs saved before the conditioning group existed used tags.
     conditioner = instantiate(cfg.conditioning) if cfg.get("conditioning") is not None else None
-    module = instantiate(cfg.algorithm)(policy=policy, tokenizer=tokenizer, rewards=rewards, objective=objective, lora=lora,
-                                        conditioner=conditioner)
+    # The warm start is a stage of its own (meal_pl/warm_start.py), kept under what determines it; runs saved before
+    # it was (their algorithm.warm_start_* keys) rebuild without one: a checkpoint never warm-starts again.
+    warm_start = instantiate(cfg.warm_start).bind(warm_start_settings(cfg)) if cfg.get("warm_start") is not None else None
+    algorithm = cfg.algorithm.copy()
+    with open_dict(algorithm):
+        for key in [k for k in algorithm if str(k).startswith("warm_start")]:
+            algorithm.pop(key)
+    module = instantiate(algorithm)(policy=policy, tokenizer=tokenizer, rewards=rewards, objective=objective, lora=lora,
+                                    conditioner=conditioner, warm_start=warm_start)
     return datamodule, module
 
 

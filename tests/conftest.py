@@ -22,7 +22,8 @@ TINY = [
     "model.num_heads=2",
     "model.intermediate_size=64",
     "model.vocab_size=512",
-    "algorithm.warm_start_steps=5",
+    "warm_start.steps=5",
+    "warm_start.reuse=false",  # every test trains its own; tests/test_warm_start.py tests keeping and reusing
     "algorithm.sampler.max_new_tokens=8",
     "algorithm.sampler.num_samples=2",
     "data.batch_size=4",
@@ -39,7 +40,7 @@ TINY = [
 ONE_STEP = TINY + [
     "objective=synthetic",
     "logger=none",
-    "algorithm.warm_start_steps=0",
+    "warm_start.steps=0",
     "trainer.max_steps=1",
     "~callbacks.pareto_eval",
     "~callbacks.run_summary",

@@ -267,7 +267,7 @@ def test_greedy_with_several_samples_is_refused_by_both():
 def test_config_key_and_a_short_run_give_the_same_metrics_with_either_decoder(tmp_path):
     """The whole pipeline (warm start, rollouts, Pareto evaluation) is unchanged by the decoder."""
     micro = TINY + ["objective=synthetic", "logger=none", "trainer.max_steps=2", "callbacks.pareto_eval.every_n_steps=2",
-                    "algorithm.warm_start_steps=2", "~callbacks.run_summary", "~callbacks.model_checkpoint"]
+                    "warm_start.steps=2", "~callbacks.run_summary", "~callbacks.model_checkpoint"]
     results = {}
     for decoder in ("hf", "loop"):
         cfg = compose_train(micro + [f"algorithm.sampler.decoder={decoder}"], tmp_path / decoder)

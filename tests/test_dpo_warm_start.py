@@ -1,4 +1,4 @@
-"""algorithm.warm_start_loss=dpo: each prompt's answers ranked at the simplex's corners and learnt by DPO."""
+"""warm_start.loss=dpo: each prompt's answers ranked at the simplex's corners and learnt by DPO."""
 
 import math
 
@@ -7,11 +7,12 @@ import torch
 from conftest import train_cli
 from test_meta import CORPUS, micro_module
 
+from meal_pl import sft
 from meal_pl.dpo_warm_start import dpo_warm_start, pair_batches, ranked_pairs, summed_logprobs
 from meal_pl.losses import dpo_loss, preference_pairs
-from meal_pl.module import MealModule
-from meal_pl.sft import dpo_preferences, warm_start_module
+from meal_pl.sft import dpo_preferences, warm_start_on
 from meal_pl.train import train
+from meal_pl.warm_start import WarmStart
 
 
 def test_dpo_loss_is_log2_at_the_reference_and_falls_as_the_chosen_answer_gains():
@@ -53,7 +54,7 @@ def test_dpo_preferences_are_the_corners_or_the_simplex_grid_and_a_grid_below_th
     assert dpo_preferences(2, 0).tolist() == [[1.0, 0.0], [0.0, 1.0]]
     assert dpo_preferences(2, 5)[:, 0].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert len(dpo_preferences(3, 6)) == 6
-    with pytest.raises(ValueError, match="warm_start_dpo_points=2 is below the 3 objectives"):
+    with pytest.raises(ValueError, match="warm_start.dpo_points=2 is below the 3 objectives"):
         dpo_preferences(3, 2)
 
 
@@ -97,24 +98,24 @@ def test_dpo_warm_start_teaches_the_corners_opposite_rankings():
 
 def test_a_run_warm_starts_by_dpo_on_the_policys_own_answers_ranked_on_a_grid(tiny_cfg, monkeypatch, caplog):
     seen = {}
-    original = MealModule.run_warm_start
+    original = sft.warm_start_on
 
-    def spy(self, pairs, seed=0):
-        seen["history"] = original(self, pairs, seed)
-        return seen["history"]
+    def spy(module, stage, pairs, what="answers", announce=True):
+        seen["info"] = original(module, stage, pairs, what, announce)
+        return seen["info"]
 
-    monkeypatch.setattr(MealModule, "run_warm_start", spy)
+    monkeypatch.setattr(sft, "warm_start_on", spy)
     with caplog.at_level("INFO", logger="meal_pl"):
-        train(tiny_cfg("objective=synthetic", "logger=none", "trainer.max_steps=1", "algorithm.warm_start_source=policy",
-                       "algorithm.warm_start_answers=3", "algorithm.warm_start_prompts=4", "algorithm.warm_start_loss=dpo",
-                       "algorithm.warm_start_steps=3", "algorithm.warm_start_dpo_points=3"))
-    assert len(seen["history"]) == 3 and seen["history"][0] == pytest.approx(math.log(2), abs=1e-3)
+        train(tiny_cfg("objective=synthetic", "logger=none", "trainer.max_steps=1", "warm_start.source=policy",
+                       "warm_start.answers=3", "warm_start.prompts=4", "warm_start.loss=dpo",
+                       "warm_start.steps=3", "warm_start.dpo_points=3"))
+    assert seen["info"]["loss"]["steps"] == 3 and seen["info"]["loss"]["first"] == pytest.approx(math.log(2), abs=1e-3)
     assert "ranked at the simplex's 3-point grid" in caplog.text and " at 3 preferences; " in caplog.text
 
 
-@pytest.mark.parametrize("override, named", [("algorithm.warm_start_loss=ppo", "warm_start_loss='ppo'"),
-                                              ("algorithm.warm_start_dpo_beta=0", "warm_start_dpo_beta=0"),
-                                              ("algorithm.warm_start_dpo_points=1", "warm_start_dpo_points=1")])
+@pytest.mark.parametrize("override, named", [("warm_start.loss=ppo", "warm_start.loss='ppo'"),
+                                              ("warm_start.dpo_beta=0", "warm_start.dpo_beta=0"),
+                                              ("warm_start.dpo_points=1", "warm_start.dpo_points=1")])
 def test_a_bad_warm_start_loss_is_one_line_naming_the_key(monkeypatch, capsys, tmp_path, override, named):
     code, err = train_cli(monkeypatch, capsys, "objective=synthetic", f"hydra.run.dir={tmp_path}", override)
     assert code != 0 and named in err and len(err.strip().splitlines()) == 1
@@ -122,18 +123,16 @@ def test_a_bad_warm_start_loss_is_one_line_naming_the_key(monkeypatch, capsys, t
 
 def test_dpo_on_single_answers_names_the_fix():
     module = micro_module("alternating").float()
-    module.warm_start_loss, module.warm_start_steps = "dpo", 2
-    with pytest.raises(ValueError, match="warm_start_source=policy"):  # one answer per prompt: nothing to rank
-        warm_start_module(module, [(p, "an answer") for p in CORPUS[:4]])
+    with pytest.raises(ValueError, match="warm_start.source=policy"):  # one answer per prompt: nothing to rank
+        warm_start_on(module, WarmStart(loss="dpo", steps=2), [(p, "an answer") for p in CORPUS[:4]])
 
 
 def test_the_warm_start_says_how_many_pairs_its_corners_rank_oppositely(caplog):
     module = micro_module("alternating").float()  # rewards: a = len % 5, b = len % 3
-    module.warm_start_loss, module.warm_start_steps = "dpo", 1
     pairs = [(CORPUS[0], "ab"), (CORPUS[0], "abcd"),   # a 2 / 4, b 2 / 1: a conflict
              (CORPUS[1], "abc"), (CORPUS[1], "ab")]    # a 3 / 2, b 0 / 2: a conflict too
     pairs += [(CORPUS[2], "abcd"), (CORPUS[2], "a")]   # a 4 / 1, b 1 / 1: ranked at corner a only
     with caplog.at_level("INFO", logger="meal_pl"):
-        history = warm_start_module(module, pairs)
-    assert len(history) == 1
+        info = warm_start_on(module, WarmStart(loss="dpo", steps=1), pairs)
+    assert info["loss"]["steps"] == 1
     assert "5 ranked pairs at 2 preferences; 2 answer pairs ranked one way at one corner and the other way" in caplog.text

@@ -60,7 +60,7 @@ def test_front_meta_gradient_matches_finite_difference():
 
 
 def test_concat_and_select_rollouts_keep_each_prompts_samples(tiny_cfg):
-    cfg = tiny_cfg("objective=synthetic", "logger=none", "algorithm.warm_start_steps=0")
+    cfg = tiny_cfg("objective=synthetic", "logger=none", "warm_start.steps=0")
     datamodule, module, trainer = build_run(cfg)
     trainer.fit(module, datamodule=datamodule)  # a real rollout to take apart
     callback = next(cb for cb in trainer.callbacks if hasattr(cb, "rollout") and callable(cb.rollout))
@@ -77,7 +77,7 @@ def test_concat_and_select_rollouts_keep_each_prompts_samples(tiny_cfg):
 
 
 def test_front_outer_trains_with_the_meta_step_every_two_steps(tiny_cfg):
-    cfg = tiny_cfg("objective=synthetic", "logger=none", "algorithm.warm_start_steps=0", "trainer.max_steps=4",
+    cfg = tiny_cfg("objective=synthetic", "logger=none", "warm_start.steps=0", "trainer.max_steps=4",
                    "algorithm.meta.lookahead=second_order", "algorithm.meta.outer=front", "algorithm.meta.every_n_steps=2", "algorithm.meta.exploration=0",
                    "algorithm.meta.front_prompts=3")
     datamodule, module, trainer = build_run(cfg)

@@ -22,7 +22,7 @@ def test_a_failing_job_does_not_lose_the_other_jobs_outputs(tmp_path):
     sweep = tmp_path / "sweep"
     micro = [o for o in TINY if not o.startswith("trainer.max_steps")] + [
         "trainer.max_steps=1",
-        "algorithm.warm_start_steps=0",
+        "warm_start.steps=0",
         "callbacks.pareto_eval.num_prompts=2",
         "threads=1",  # one torch thread per process: the cores are shared with other processes
     ]

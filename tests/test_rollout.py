@@ -25,7 +25,7 @@ class HardBestOfN(RejectionSampling):
 
 
 def test_a_rollout_callback_from_config_replaces_rejection_sampling(tiny_cfg):
-    cfg = tiny_cfg("objective=synthetic", "logger=none", "algorithm.warm_start_steps=0",
+    cfg = tiny_cfg("objective=synthetic", "logger=none", "warm_start.steps=0",
                    "callbacks.rejection_sampling._target_=test_rollout.HardBestOfN", "trainer.max_steps=2")
     datamodule, module, trainer = build_run(cfg)
     custom = [cb for cb in trainer.callbacks if isinstance(cb, HardBestOfN)]
@@ -49,7 +49,7 @@ def test_rejected_samples_skip_the_reference_and_policy_passes(tiny_cfg):
     """A sample with a_ij = 0 is in no loss: its reference log-probs are not computed (0) and the policy's pass
     skips it, while L_in, its gradient and the kept samples' log-probs equal the full pass's."""
     torch.manual_seed(0)
-    _, module, _ = build_run(tiny_cfg("objective=synthetic", "logger=none", "algorithm.warm_start_steps=0",
+    _, module, _ = build_run(tiny_cfg("objective=synthetic", "logger=none", "warm_start.steps=0",
                                           "algorithm.sampler.num_samples=4", "algorithm.sampler.drop_dominated=false"))
     r = RejectionSampling().rollout(module, ["Human: hello there Assistant:", "Human: tell me more Assistant:"])
     assert r.keep.all()

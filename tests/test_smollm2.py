@@ -9,7 +9,7 @@ from conftest import compose_train
 from meal_pl.train import train
 
 SMALL = [
-    "model=smollm2_135m", "algorithm.warm_start_steps=0", "algorithm.meta.lookahead=first_order",
+    "model=smollm2_135m", "warm_start.steps=0", "algorithm.meta.lookahead=first_order",
     "algorithm.sampler.num_samples=2", "algorithm.sampler.max_new_tokens=8", "algorithm.sampler.min_new_tokens=2",
     "algorithm.meta.meta_batch_size=4", "algorithm.meta.every_n_steps=1", "data.batch_size=2", "data.eval_size=8", "trainer.max_steps=3",
     "callbacks.pareto_eval.num_prompts=2", "callbacks.pareto_eval.num_points=3", "callbacks.pareto_eval.every_n_steps=100",

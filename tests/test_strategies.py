@@ -14,7 +14,7 @@ from meal_pl.train import build
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = [
     "objective=synthetic", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
-    "model.intermediate_size=64", "model.vocab_size=512", "algorithm.warm_start_steps=10",
+    "model.intermediate_size=64", "model.vocab_size=512", "warm_start.steps=10",
     "algorithm.sampler.max_new_tokens=8", "algorithm.sampler.num_samples=2", "data.eval_size=8",
     "callbacks.pareto_eval.num_prompts=8", "callbacks.pareto_eval.every_n_steps=100",
     "trainer.max_steps=4", "logger=none", "~callbacks.progress_bar", "~callbacks.generations",
@@ -67,7 +67,7 @@ class AccumulationSpy(L.Callback):
 
 
 def test_gradient_accumulation_updates_once_per_k_batches(tiny_cfg):
-    cfg = tiny_cfg("objective=synthetic", "algorithm.accumulate_grad_batches=2", "algorithm.warm_start_steps=0", "logger=none")
+    cfg = tiny_cfg("objective=synthetic", "algorithm.accumulate_grad_batches=2", "warm_start.steps=0", "logger=none")
     datamodule, module = build(cfg)
     spy = AccumulationSpy()
     trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,

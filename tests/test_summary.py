@@ -71,7 +71,8 @@ def test_config_summary_logs_the_warm_start_the_run_uses():
     from meal_pl.logs import config_summary
 
     cfg = OmegaConf.create({"paths": {"output_dir": "/tmp/run"}, "seed": 0, "trainer": {"max_steps": 4},
-                            "data": {"batch_size": 2}, "algorithm": {"warm_start_steps": 300, "sampler": {}},
+                            "data": {"batch_size": 2}, "algorithm": {"sampler": {}},
+                            "warm_start": {"steps": 300},
                             "objective": {"warm_start_steps": 1200}})
     assert "warm_start_steps=1200" in config_summary(cfg, {}, None)[-1]
     cfg.objective = {}
@@ -89,5 +90,5 @@ def test_the_warm_start_says_what_it_runs_and_what_it_did(tiny_cfg, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "meal_pl" and r.getMessage().startswith("warm start")]
     assert len(lines) == 2, lines
     pairs = len(datamodule.sft_pairs())
-    assert lines[0].startswith(f"warm start: 5 SFT steps on {pairs} answers") and "algorithm.warm_start_steps" in lines[0]
+    assert lines[0].startswith(f"warm start: 5 SFT steps on {pairs} answers") and "warm_start.steps" in lines[0]
     assert lines[1].startswith("warm start done in ") and " -> " in lines[1]

@@ -19,7 +19,7 @@ def test_optuna_search_runs_three_trials_and_reports_the_best(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason='hydra-optuna-sweeper is not installed (pip install -e ".[sweeps]")')
     sweep = tmp_path / "sweep"
     micro = [o for o in TINY if not o.startswith("trainer.max_steps")] + [
-        "trainer.max_steps=2", "algorithm.warm_start_steps=2", "callbacks.pareto_eval.num_prompts=2", "logger=none", "threads=1"]
+        "trainer.max_steps=2", "warm_start.steps=2", "callbacks.pareto_eval.num_prompts=2", "logger=none", "threads=1"]
     cmd = [sys.executable, "-m", "meal_pl.train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3",
            "objective=synthetic", *micro, f"hydra.sweep.dir={sweep}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

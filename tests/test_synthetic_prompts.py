@@ -144,11 +144,11 @@ def test_the_objectives_warm_start_length_wins_for_every_method(tmp_path):
     from meal_pl.train import build_run
 
     for algorithm in ("meal", "ric"):
-        cfg = compose_train(TINY + ["objective=synthetic_prompted", f"algorithm={algorithm}", "algorithm.warm_start_steps=3",
+        cfg = compose_train(TINY + ["objective=synthetic_prompted", f"algorithm={algorithm}", "warm_start.steps=3",
                                     "objective.warm_start_steps=5"], tmp_path)
-        assert build_run(cfg)[1].warm_start_steps == 5
+        assert build_run(cfg)[1].warm_start.steps == 5
     assert compose_train(TINY + ["objective=synthetic_prompted"], tmp_path).objective.warm_start_steps == 400
-    assert build_run(compose_train(TINY + ["algorithm.warm_start_steps=3"], tmp_path))[1].warm_start_steps == 3
+    assert build_run(compose_train(TINY + ["warm_start.steps=3"], tmp_path))[1].warm_start.steps == 3
 
 
 class RecordingSampling(RejectionSampling):

@@ -51,7 +51,7 @@ def test_synthetic_training_raises_hypervolume(tiny_cfg, tmp_path):
         "seed=0",
         "model.hidden_size=64",
         "model.num_layers=2",
-        "algorithm.warm_start_steps=40",
+        "warm_start.steps=40",
         "algorithm.sampler.num_samples=4",
         "algorithm.sampler.max_new_tokens=16",
         "data.batch_size=8",

@@ -1,4 +1,4 @@
-"""algorithm.warm_start_source=policy: the warm start on the policy's own answers (RiC's offline stage on what it
+"""warm_start.source=policy: the warm start on the policy's own answers (RiC's offline stage on what it
 writes) instead of the data's."""
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 from conftest import train_cli
 from test_meta import CORPUS, micro_module
 
-from meal_pl.module import MealModule
+from meal_pl import sft
 from meal_pl.sft import own_answers
 from meal_pl.train import train
 
@@ -34,23 +34,23 @@ def test_answers_that_are_empty_or_echo_the_conditioning_text_are_dropped(monkey
 
 def test_a_run_warm_starts_on_the_policys_own_answers(tiny_cfg, monkeypatch):
     seen = {}
-    original = MealModule.run_warm_start
+    original = sft.warm_start_on
 
-    def spy(self, pairs, seed=0):
-        seen["pairs"], seen["train_prompts"] = pairs, list(self.trainer.datamodule.train_prompts)
-        seen["data_pairs"] = self.trainer.datamodule.sft_pairs()
-        return original(self, pairs, seed)
+    def spy(module, stage, pairs, what="answers", announce=True):
+        seen["pairs"], seen["train_prompts"] = pairs, list(module.trainer.datamodule.train_prompts)
+        seen["data_pairs"] = module.trainer.datamodule.sft_pairs()
+        return original(module, stage, pairs, what, announce)
 
-    monkeypatch.setattr(MealModule, "run_warm_start", spy)
-    train(tiny_cfg("objective=synthetic", "logger=none", "trainer.max_steps=1", "algorithm.warm_start_source=policy",
-                   "algorithm.warm_start_answers=2", "algorithm.warm_start_prompts=4"))
+    monkeypatch.setattr(sft, "warm_start_on", spy)
+    train(tiny_cfg("objective=synthetic", "logger=none", "trainer.max_steps=1", "warm_start.source=policy",
+                   "warm_start.answers=2", "warm_start.prompts=4"))
     prompts = [p for p, _ in seen["pairs"]]
     assert len(seen["pairs"]) == 8 and prompts == seen["train_prompts"][:4] * 2
     assert not set(seen["pairs"]) & set(seen["data_pairs"])  # not the data's answers
 
 
-@pytest.mark.parametrize("override, named", [("algorithm.warm_start_source=web", "warm_start_source='web'"),
-                                              ("algorithm.warm_start_answers=0", "warm_start_answers=0")])
+@pytest.mark.parametrize("override, named", [("warm_start.source=web", "warm_start.source='web'"),
+                                              ("warm_start.answers=0", "warm_start.answers=0")])
 def test_a_bad_warm_start_source_is_one_line_naming_the_key(monkeypatch, capsys, tmp_path, override, named):
     code, err = train_cli(monkeypatch, capsys, "objective=synthetic", f"hydra.run.dir={tmp_path}", override)
     assert code != 0 and named in err and len(err.strip().splitlines()) == 1

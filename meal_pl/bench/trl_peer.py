@@ -72,8 +72,8 @@ def run_trl(cfg: DictConfig, warmup_steps: int = 2, reward_weights: list[float] 
     chosen, frozen = precision.resolve(cfg.trainer.get("precision"), str(cfg.get("frozen_weights_dtype", "float32")),
                                        str(cfg.trainer.get("accelerator", "cpu")))
     datamodule, module = build(cfg)  # same policy, tokenizer, rewards and data as the meal-pl runs
-    if module.warm_start_steps > 0:
-        module.run_warm_start(datamodule.sft_pairs())
+    if module.warm_start is not None:  # the same kept warm start as the meal-pl runs of this config
+        module.warm_start.prepare(module, datamodule)
     tok, sampler = module.tokenizer, module.sampler
     B, N, K, steps = cfg.data.batch_size, sampler.num_samples, len(module.objective_names), int(cfg.trainer.max_steps)
     weights = reward_weights or [1.0 / K] * K
