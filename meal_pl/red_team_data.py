@@ -6,12 +6,16 @@
 - `everyday`: the hand-written everyday dialogues of meal_pl/assets/hh_default.jsonl, where they do not.
 
 The held-out evaluation set takes the groups in turn (balance_eval_groups), so the run summary compares the two.
+72% of the red-team prompts are multi-turn dialogues (median 403 characters) and every everyday prompt is one question
+(median 69): a PWN could tell the groups apart by length alone. `data.max_turns=1` keeps the 139 single-question
+red-team prompts (median 74 characters), so that a group difference can only come from content.
 """
 
 from __future__ import annotations
 
 from meal_pl.data import PromptDataModule, default_data_path, load_records
 from meal_pl.hh_split import shipped_split
+from meal_pl.ranges import check_integer
 
 
 def red_team_records() -> list[dict]:
@@ -23,11 +27,19 @@ def red_team_records() -> list[dict]:
 class RedTeamDataModule(PromptDataModule):
     """PromptDataModule over red-team and everyday prompts (see the module docstring); no files, no network."""
 
-    def __init__(self, everyday_group: str = "everyday", **kwargs) -> None:
+    def __init__(self, everyday_group: str = "everyday", max_turns: int | None = None, **kwargs) -> None:
         kwargs.setdefault("balance_eval_groups", True)
+        if max_turns is not None:
+            check_integer("data.max_turns", max_turns, 1, " (or null: every red-team dialogue)")
         super().__init__(**kwargs)
-        self.everyday_group = everyday_group
+        self.everyday_group, self.max_turns = everyday_group, max_turns
 
     def read_records(self) -> list[dict]:
         everyday = [r for r in load_records(default_data_path()) if r.get("group") == self.everyday_group]
-        return red_team_records() + everyday
+        red_team = [r for r in red_team_records() if self.max_turns is None or human_turns(r["prompt"]) <= self.max_turns]
+        return red_team + everyday
+
+
+def human_turns(prompt: str) -> int:
+    """The human turns of an HH-format dialogue."""
+    return prompt.count("\n\nHuman:")

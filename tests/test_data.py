@@ -188,3 +188,16 @@ def test_hub_fails_fast_offline(monkeypatch):
     with pytest.raises(RuntimeError, match=r"data\.hub_name='Anthropic/hh-rlhf'.*data\.path"):
         load_hub("Anthropic/hh-rlhf", "train")
     assert time.monotonic() - start < 5
+
+
+def test_max_turns_keeps_red_team_prompts_in_the_everyday_prompts_form():
+    from meal_pl.red_team_data import RedTeamDataModule, human_turns
+
+    every = RedTeamDataModule(max_turns=None).read_records()
+    single = RedTeamDataModule(max_turns=1).read_records()
+    red = [r for r in single if r["group"] == "red_team"]
+    assert 0 < len(red) < sum(r["group"] == "red_team" for r in every)
+    assert all(human_turns(r["prompt"]) == 1 for r in single)  # the everyday prompts too: one question each
+    assert len(single) - len(red) == sum(r["group"] == "everyday" for r in every)
+    with pytest.raises(ValueError, match="data.max_turns=0 must be an integer >= 1"):
+        RedTeamDataModule(max_turns=0)

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 COMMAND = re.compile(r"python -m (meal_pl\.[\w.]+)([^`\n|;&#]*)")
-HYDRA_APPS = {"meal_pl.train": "train", "meal_pl.bench": "bench", "meal_pl.reward_model": "reward_model"}
+HYDRA_APPS = {"meal_pl.train": "train", "meal_pl.bench": "bench", "meal_pl.reward_model": "reward_model",
+              "meal_pl.warm_start": "warm_start_stage"}
 
 
 def prose(page: Path) -> str:

@@ -211,3 +211,26 @@ def test_draws_are_checked_at_construction_and_before_the_run_starts(tmp_path):
     with pytest.raises(ValueError, match=r"draws=2 needs a module that answers per prompt"):
         trainer.fit(module)
     assert module.eval_calls == []  # refused before any evaluation
+
+
+def test_the_base_models_front_is_the_untrained_policys_and_the_requests_are_answered_by_both(tiny_cfg):
+    import json
+    from pathlib import Path
+
+    from meal_pl.train import train
+
+    common = ("objective=helpful_harmless", "logger=none", "trainer.max_steps=1", "callbacks.pareto_eval.requests=shipped")
+    cold = tiny_cfg(*common, "warm_start.steps=0")
+    train(cold)
+    untrained = json.loads((Path(cold.paths.output_dir) / "pareto.json").read_text())
+    warm = tiny_cfg(*common)
+    train(warm)
+    report = json.loads((Path(warm.paths.output_dir) / "pareto.json").read_text())
+    # measured before the warm start: the same front as the run that never warm-starts, and not the warm-started one
+    assert report["base"]["front"] == untrained["initial_front"] == untrained["base"]["front"]
+    assert report["base"]["front"] != report["initial_front"]
+    for requests in (report["requests"], report["base"]["requests"]):
+        assert requests["prompts"] == 64 and len(requests["front"]) == len(requests["english"]) == 3
+        assert set(requests["groups"]) == {"everyday", "red_team"}
+        assert all(0 <= share <= 1 for share in requests["english"] + requests["repeat_share"])
+        assert set(requests["answers"]) == {"[1.0, 0.0]", "[0.0, 1.0]"} and len(requests["answers"]["[1.0, 0.0]"]["answers"]) == 64

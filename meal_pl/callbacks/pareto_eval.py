@@ -25,6 +25,7 @@ eval_seed, eval_seed + 1, ...) at each evaluation and averages each prompt's rew
 """
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -37,6 +38,7 @@ from torch import Tensor
 
 from meal_pl.callbacks.summary import has_pwn
 from meal_pl.evaluation import front_over_draws, pwn_choice_over_draws
+from meal_pl.language import is_english, repeat_share
 from meal_pl.pareto import (
     front_report,
     group_names,
@@ -46,6 +48,8 @@ from meal_pl.pareto import (
     simplex_grid,
 )
 from meal_pl.ranges import check_integer
+
+_log = logging.getLogger("meal_pl")
 
 
 class ParetoEvalCallback(pl.Callback):
@@ -58,6 +62,9 @@ class ParetoEvalCallback(pl.Callback):
         num_prompts: int = 32,
         filename: str = "pareto",
         draws: int = 1,
+        base_front: bool = True,
+        requests: str | None = None,
+        requests_points: int = 3,
     ) -> None:
         check_integer("callbacks.pareto_eval.every_n_steps", every_n_steps, 1)
         check_integer("callbacks.pareto_eval.num_prompts", num_prompts, 1, " (held-out prompts per evaluation)")
@@ -79,6 +86,13 @@ class ParetoEvalCallback(pl.Callback):
         self._last: tuple[int, Tensor, Tensor, dict] | None = None  # (step, weights, rewards, report)
         self._per_prompt: Tensor | None = None  # (M,P,K) rewards of the _last evaluation, when the module gives them
         self._choice: tuple[int, dict] | None = None  # (step, the PWN's own choice at that step)
+        # The untrained model's front before the warm start, under the same prompts and sampling: whether training
+        # helped. And requests written apart from the training pool (`requests`), answered by both at the end.
+        self.base_front = base_front
+        self.requests = read_requests(requests) if requests else None
+        check_integer("callbacks.pareto_eval.requests_points", requests_points, 2, " (the simplex grid the requests are answered on)")
+        self.requests_points = requests_points
+        self.base: dict | None = None
 
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[Tensor, Tensor, dict]:
         """Rewards at every grid preference, in eval mode without grads; reuses a same-step result."""
@@ -185,7 +199,31 @@ class ParetoEvalCallback(pl.Callback):
                             logger.experiment.add_histogram(f"pwn/weights_{name}/{g}", pwn[rows, k], global_step=step)
 
     def _extra(self) -> dict[str, Tensor]:
-        return {} if self.initial_rewards is None else {"initial": self.initial_rewards}
+        extra = {} if self.initial_rewards is None else {"initial": self.initial_rewards}
+        if self.base is not None and self.initial_rewards is not None \
+                and self.base["front"] != self.initial_rewards.tolist():
+            extra["base model"] = torch.tensor(self.base["front"])
+        return extra
+
+    def _requests_report(self, pl_module: pl.LightningModule) -> dict | None:
+        """The held-out requests answered on the simplex grid of `requests_points`: mean rewards (M,K) overall and per
+        group, the share of answers in English and of the most frequent answer text, and the answers at the corners."""
+        if self.requests is None:
+            return None
+        weights = simplex_grid(len(pl_module.objective_names), self.requests_points)
+        prompts, groups = self.requests
+        M, P = len(weights), len(prompts)
+        texts = _eval_mode(pl_module, pl_module.respond, prompts * M, weights.repeat_interleave(P, 0).to(pl_module.device))
+        rewards = pl_module.rewards(prompts * M, texts).detach().float().cpu().view(M, P, -1)
+        by_preference = [texts[m * P:(m + 1) * P] for m in range(M)]
+        corners = [m for m in range(M) if float(weights[m].max()) == 1.0]
+        return {
+            "prompts": P, "weights": weights.tolist(), "front": rewards.nanmean(1).tolist(),
+            "groups": {g: rewards[:, [i for i in range(P) if groups[i] == g]].nanmean(1).tolist() for g in sorted(set(groups))},
+            "english": [sum(map(is_english, t)) / P for t in by_preference],
+            "repeat_share": [repeat_share(t) for t in by_preference],
+            "answers": {str(weights[m].tolist()): {"prompts": prompts, "answers": by_preference[m]} for m in corners},
+        }
 
     def _warn_if_not_steerable(self, report: dict) -> None:
         if not report["steerable"]:
@@ -198,12 +236,27 @@ class ParetoEvalCallback(pl.Callback):
             )
 
     def state_dict(self) -> dict:
-        """The initial front travels in the checkpoint, so a resumed run reports the same baseline."""
-        return {"initial_rewards": self.initial_rewards, "initial_hypervolume": self.initial_hypervolume}
+        """The initial and base fronts travel in the checkpoint, so a resumed run reports the same baselines."""
+        return {"initial_rewards": self.initial_rewards, "initial_hypervolume": self.initial_hypervolume, "base": self.base}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.initial_rewards = state_dict.get("initial_rewards")
         self.initial_hypervolume = state_dict.get("initial_hypervolume")
+        self.base = state_dict.get("base")
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Before the warm start (the module's on_fit_start runs after the callbacks'): the untrained model's front and
+        its answers to the held-out requests. Without a warm start the initial front is the base model's."""
+        stage = getattr(pl_module, "warm_start", None)
+        if (not self.base_front or self.initial_rewards is not None or getattr(pl_module, "restored", False)
+                or stage is None or stage.steps <= 0):
+            return
+        weights, rewards, report = self._evaluate(trainer, pl_module)
+        self.base = {"front": rewards.tolist(), "hypervolume": report["hypervolume"],
+                     "steerability": report.get("steerability"), "requests": self._requests_report(pl_module)}
+        self._last = None  # the initial front (after the warm start) is measured anew at the same step
+        if trainer.is_global_zero:
+            _log.info(f"base model (before the warm start): hypervolume {report['hypervolume']:.4f}")
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Refuse draws the module cannot average before the warm start, not minutes into the run."""
@@ -213,11 +266,14 @@ class ParetoEvalCallback(pl.Callback):
                              f"({' and '.join(per_prompt)}); set draws=1")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Evaluate the untrained policy: the baseline that the hypervolume gain is measured against."""
+        """Evaluate the policy the online phase starts from: the baseline that the hypervolume gain is measured against."""
         if self.initial_rewards is not None:  # resumed: the baseline came with the checkpoint
             return
         weights, rewards, report = self._evaluate(trainer, pl_module)
         self.initial_rewards, self.initial_hypervolume = rewards, report["hypervolume"]
+        if self.base is None and self.base_front:  # no warm start: the policy the online phase starts from is the base
+            self.base = {"front": rewards.tolist(), "hypervolume": report["hypervolume"],
+                         "steerability": report.get("steerability"), "requests": self._requests_report(pl_module)}
         # No steerability warning here: an untrained policy is allowed to ignore the preference.
         self._log(trainer, pl_module, weights, rewards, report)
 
@@ -259,6 +315,8 @@ class ParetoEvalCallback(pl.Callback):
             "groups": groups,  # {} when the evaluation prompts name no groups
             "has_pwn": learned,
             "draws": self.draws,  # answers per prompt and preference behind every figure above
+            "base": self.base,  # the untrained model under the same prompts and sampling (None: callbacks...base_front=false)
+            "requests": self._requests_report(pl_module),  # held-out requests (None without requests)
         }
         if not trainer.is_global_zero:
             return
@@ -274,6 +332,17 @@ class ParetoEvalCallback(pl.Callback):
             out_dir / f"{self.filename}.png",
             extra,
         )
+
+
+def read_requests(path: str) -> tuple[list[str], list[str]]:
+    """(prompts, groups) from a JSON-lines file of {"prompt", "group"}; `shipped`: meal_pl/assets/heldout_requests.jsonl,
+    32 everyday and 32 harmful single-question requests written apart from the training pool."""
+    file = Path(__file__).resolve().parents[1] / "assets" / "heldout_requests.jsonl" if path == "shipped" else Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"callbacks.pareto_eval.requests={path}: no such file; give a JSON-lines file of "
+                                '{"prompt": ..., "group": ...}, shipped, or null')
+    records = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    return [r["prompt"] for r in records], [r.get("group", "all") for r in records]
 
 
 def _choice_points(choice: dict | None, groups: dict[str, dict]) -> dict[str, Tensor]:
