@@ -90,7 +90,10 @@ def profile(method: str, steps: int, skip: int, out: Path, objective: str | None
     import torch  # here, not at the top: common sets OMP_NUM_THREADS before torch is first imported
 
     frozen = isinstance(trainer.precision_plugin, FrozenBF16Precision)
-    return {"method": method, "model": model, "precision": precision, "threads": torch.get_num_threads(),
+    # What one decoding step reads: every weight of the policy once, in the dtype it is held in.
+    weight_bytes = sum(p.numel() * p.element_size() for p in module.policy.parameters())
+    return {"weight_bytes": weight_bytes, "max_new_tokens": module.sampler.max_new_tokens,
+            "generate_calls": 1, "method": method, "model": model, "precision": precision, "threads": torch.get_num_threads(),
             "precision_used": f"{trainer.precision}{', frozen weights bfloat16' if frozen else ''}",
             "steps": len(measured), "step_cpu_s": total, "step_wall_s": wall_total, "parts_s": mean, "parts_wall_s": wall,
             "parts_flops": flops, "counted_steps": len(counted),
@@ -112,6 +115,33 @@ def add_throughput(rows: list[dict], peak: dict) -> None:
         model_flops, model_wall = sum(r["parts_flops"][p] for p in work), sum(r["parts_wall_s"][p] for p in work)
         r["model_gflops"] = model_flops / model_wall / 1e9 if model_wall else None
         r["model_share_of_peak"] = r["model_gflops"] / top if top and r["model_gflops"] else None
+        r["bounds_s"] = phase_bounds(r, top, peak.get("read_gbs", {}).get(str(r["threads"])))
+
+
+def phase_bounds(r: dict, peak_gflops: float | None, read_gbs: float | None) -> dict[str, float]:
+    """The least seconds each model phase could take on this machine: a pass over whole sequences its FLOPs over the
+    matmul peak; decoding (generate) also at least max_new_tokens reads of every weight over the memory bandwidth."""
+    bounds = {}
+    for part in r["model_work"]:
+        flops = r["parts_flops"].get(part, 0.0)
+        bound = flops / (peak_gflops * 1e9) if peak_gflops and flops else 0.0
+        if part == "generate" and read_gbs:
+            bound = max(bound, r["generate_calls"] * r["max_new_tokens"] * r["weight_bytes"] / (read_gbs * 1e9))
+        if bound:
+            bounds[part] = bound
+    return bounds
+
+
+def bounds_table(rows: list[dict]) -> list[str]:
+    """Each model phase's wall seconds beside its bound (phase_bounds) and the bound's share of them."""
+    parts = ["generate", "score", "reference", "base", "propose", "meta"]
+    lines = ["| run | " + " | ".join(f"{p}: wall s / bound s (share)" for p in parts) + " |", "|" + "---|" * (len(parts) + 1)]
+    for r in rows:
+        bounds = r.get("bounds_s", {})
+        cells = [f"{r['parts_wall_s'][p]:.2f} / {bounds[p]:.3f} ({bounds[p] / r['parts_wall_s'][p]:.0%})"
+                 if p in bounds and r["parts_wall_s"].get(p) else "-" for p in parts]
+        lines.append(f"| {r['method']} {r['model']} {r['precision']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def precision_table(rows: list[dict]) -> list[str]:
@@ -178,11 +208,14 @@ def main() -> None:
                                     args.model, args.count))
     threads = sorted({r["threads"] for r in rows})
     peak = json.loads(args.peak.read_text()) if args.peak.is_file() else None
-    if peak is None or any(str(t) not in peak["peak"] for t in threads):
+    if peak is None or any(str(t) not in peak["peak"] or str(t) not in peak.get("read_gbs", {}) for t in threads):
         peak = measure_peak(threads, [1024, 2048])
     add_throughput(rows, peak)
     lines = markdown(rows) + ["", "Wall seconds per step and the model passes' achieved GFLOP/s (FLOPs counted over "
                               f"{args.count} later step(s), wall seconds of the timed ones):", ""] + precision_table(rows)
+    lines += ["", "Each model phase against its bound: FLOPs over the matmul peak (benchmarks/peak.py) for passes over whole "
+              "sequences; for decoding at least max_new_tokens reads of every weight over the measured memory bandwidth:",
+              ""] + bounds_table(rows)
     ric = next((r for r in rows if r["method"] == "ric" and r["precision"] == "float32"), None)
     if ric:
         lines += ["", f"Framework overhead of a ric step: {ric['framework_overhead_share']:.0%} of {ric['step_cpu_s']:.4f} CPU s "
