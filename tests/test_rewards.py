@@ -155,6 +155,24 @@ def test_python_reward_dotted_path(tmp_path, monkeypatch):
         PythonReward("shout")
 
 
+def test_python_reward_calls_trl_style_reward_functions_by_keyword(tmp_path, monkeypatch):
+    # TRL calls reward_func(prompts=..., completions=..., **kwargs): a function written for TRL takes completions first
+    (tmp_path / "trl_rewards.py").write_text(
+        "def length(completions, **kwargs):\n"
+        "    assert kwargs['prompts'] == ['q1', 'q2']\n"
+        "    return [float(len(c)) for c in completions]\n"
+        "def old_style(p, c):\n"
+        "    return [float(len(x)) for x in c]\n"
+        "def nothing():\n"
+        "    return []\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert PythonReward("trl_rewards:length")(["q1", "q2"], ["abc", "a"]) == [3.0, 1.0]  # positionally: the prompts' lengths
+    assert PythonReward("trl_rewards:old_style")(["q1", "q2"], ["abc", "a"]) == [3.0, 1.0]  # the earlier positional form
+    with pytest.raises(ValueError, match=r"trl_rewards:nothing cannot be called .*def reward\(completions, prompts=None"):
+        PythonReward("trl_rewards:nothing")
+
+
 def test_length_reward():
     r = LengthReward(target_words=4)
     assert r(["p"] * 3, ["a b c d", "a b", "a b c d e f g h i j"]) == [1.0, 0.5, 0.0]

@@ -1,6 +1,7 @@
 """User-supplied python callables and a small rule-based reward, pluggable by config."""
 
 import importlib
+import inspect
 from collections.abc import Callable
 
 
@@ -20,15 +21,41 @@ def import_callable(path: str) -> Callable:
 
 
 class PythonReward:
-    """Call `fn(prompts, completions, **kwargs)`, where `fn` is named by a dotted path in the config."""
+    """Call `fn(prompts=..., completions=..., **kwargs)` by keyword, as TRL calls its reward functions (so a TRL reward
+    function such as `f(completions, **kwargs)` works unchanged), where `fn` is named by a dotted path in the config.
+    A function whose parameters have other names, `f(p, c)`, is called positionally (prompts, completions) as before."""
 
     def __init__(self, fn: str, **kwargs) -> None:
         self.fn_path = fn
         self.fn = import_callable(fn)
         self.kwargs = kwargs
+        self.by_keyword = call_by_keyword(self.fn, fn, kwargs)
 
     def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
+        if self.by_keyword:
+            return list(self.fn(prompts=prompts, completions=completions, **self.kwargs))
         return list(self.fn(prompts, completions, **self.kwargs))
+
+
+def call_by_keyword(fn: Callable, path: str, kwargs: dict) -> bool:
+    """True where `fn` takes prompts= and completions= by keyword (TRL's convention), False where it takes them as
+    its first two positional parameters; refused in one line where it takes neither."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: call it as TRL would
+        return True
+    try:
+        signature.bind(prompts=[], completions=[], **kwargs)
+        return True
+    except TypeError:
+        pass
+    try:
+        signature.bind([], [], **kwargs)
+        return False
+    except TypeError as err:
+        raise ValueError(f"reward function {path} cannot be called as fn(prompts=..., completions=..., **kwargs) (TRL's "
+                         f"reward functions) nor fn(prompts, completions, **kwargs): {err}; write it as "
+                         "def reward(completions, prompts=None, **kwargs) -> list[float]") from None
 
 
 class LengthReward:
