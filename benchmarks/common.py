@@ -11,6 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # the bench's quick setting (bench.quick_settings.threads)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline as meal-pl's commands are (importing meal_pl sets nothing)
 
 import lightning as L  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-import meal_pl  # noqa: F401  (offline default before transformers is imported)
+import meal_pl  # noqa: F401  (python -m meal_pl.<command> sets the offline default before transformers is imported)
 from meal_pl.callbacks.pareto_eval import _choice_points, _ratio, _write_json_atomic
 from meal_pl.callbacks.summary import steerability_text
 from meal_pl.evaluation import front_over_draws, pwn_choice_over_draws

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-import meal_pl  # noqa: F401  (offline default before transformers is imported)
+import meal_pl  # noqa: F401  (python -m meal_pl.<command> sets the offline default before transformers is imported)
 from meal_pl.conditioning import check_preference
 from meal_pl.escaping import tags_as_vocabulary
 from meal_pl.models import export_policy, is_peft

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import OmegaConf
 
-import meal_pl  # noqa: F401  (offline default before transformers is imported)
+import meal_pl  # noqa: F401  (python -m meal_pl.<command> sets the offline default before transformers is imported)
 from meal_pl.conditioning import check_preference
 from meal_pl.data import _as_prompt
 from meal_pl.precision import use_run_precision

@@ -11,7 +11,7 @@ T = TypeVar("T")
 
 
 def hub_offline() -> bool:
-    """HF_HUB_OFFLINE as huggingface_hub reads it (meal_pl sets 1 unless the user set it)."""
+    """HF_HUB_OFFLINE as huggingface_hub reads it (meal-pl's commands set 1 unless the user set it)."""
     return os.environ.get("HF_HUB_OFFLINE", "0").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
@@ -26,3 +26,8 @@ def load_by_name(load: Callable[[str], T], key: str, name: str, fix: str) -> T:
                 f"(HF_HUB_OFFLINE=1, meal-pl's default). Fix: {fix}, or run with HF_HUB_OFFLINE=0 on a machine with network."
             ) from err
         raise
+
+
+if __name__ == "__main__":
+    # `python -m meal_pl.hub`: how meal-pl's commands see the hub (HF_HUB_OFFLINE, 1 unless the user set it).
+    print(os.environ.get("HF_HUB_OFFLINE"), "offline" if hub_offline() else "online")

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-import meal_pl  # noqa: F401  (sets the offline default before transformers is imported)
+import meal_pl  # noqa: F401  (python -m meal_pl.<command> sets the offline default before transformers is imported)
 from meal_pl import precision
 from meal_pl.chat import use_chat_template
 from meal_pl.checkpoint import describe, find_last_checkpoint, run_identity

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-import meal_pl  # noqa: F401  (offline default first: huggingface_hub reads HF_HUB_OFFLINE once, at import)
+# The tests run offline, as the commands do (importing meal_pl no longer sets it): before huggingface_hub is imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 

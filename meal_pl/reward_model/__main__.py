@@ -20,7 +20,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-import meal_pl  # noqa: F401  (offline default before transformers is imported)
+import meal_pl  # noqa: F401  (python -m meal_pl.<command> sets the offline default before transformers is imported)
 from meal_pl.hh_split import REWARD_MODEL_PAIRS, SPLIT_SEED, shipped_pairs_path, shipped_split
 from meal_pl.reward_model.pairs import Pair, load_hub_pairs, load_pairs
 from meal_pl.runs import CONF_DIR, one_line, run_checked
