@@ -27,7 +27,7 @@ class EvaluateArgs:
     out: str | None = None  # null: <run dir>/evaluate/<checkpoint name>/
     num_prompts: int = 32  # the first n of the run's held-out evaluation prompts
     num_points: int | None = None  # preference grid size; null: the objective's grid_points
-    device: str = "cpu"
+    device: str = "auto"  # auto (a GPU where torch sees one, else cpu), cpu, cuda or cuda:N
     judge: str | None = None  # OBJECTIVE=DIR: score that objective with another reward model (e.g. harmless=rm/)
     seed: int | None = None  # sampling seed; null: the run's algorithm.eval_seed (another seed redraws every answer)
     draws: int = 1  # answers per prompt and preference, under seeds seed, seed+1, ...; each prompt's rewards averaged

@@ -30,7 +30,7 @@ class GenerateArgs:
     max_new_tokens: int | None = None  # null: the run's algorithm.sampler.max_new_tokens
     greedy: bool = False
     seed: int | None = None  # null: the run's algorithm.eval_seed (same output every call)
-    device: str = "cpu"  # cpu, cuda, or auto
+    device: str = "auto"  # auto (a GPU where torch sees one, else cpu), cpu, cuda or cuda:N
 
 
 def read_preference(value: list[float] | str, names: list[str]) -> torch.Tensor | None:

@@ -250,3 +250,12 @@ def test_judge_names_what_is_wrong(run_dir, tmp_path):
         evaluate.main([f"ckpt_path={run_dir}", "judge=harmless"])
     with pytest.raises(ValueError, match=r"no reward 'harmless' read from a directory .*\['a_to_m', 'n_to_z'\]"):
         evaluate.main([f"ckpt_path={run_dir}", f"judge=harmless={tmp_path}"])
+
+
+def test_evaluate_and_generate_default_to_the_device_torch_sees():
+    from meal_pl.evaluate import EvaluateArgs
+    from meal_pl.generate import GenerateArgs
+    from meal_pl.restore import resolve_device
+
+    assert EvaluateArgs().device == GenerateArgs().device == "auto"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
