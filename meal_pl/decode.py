@@ -108,7 +108,7 @@ def decode(
     attention_mask: Tensor,
     max_new_tokens: int,
     pad_token_id: int,
-    eos_token_id: int,
+    eos_token_id: int | list[int],
     min_new_tokens: int = 0,
     do_sample: bool = True,
     temperature: float = 1.0,
@@ -175,7 +175,8 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, pad_token_id, eos_
         if early is None:
             vocab = torch.arange(scores.shape[-1], device=device)
             late = torch.isin(vocab, suppress) if len(suppress) else None
-            early = vocab == eos_token_id if late is None else (vocab == eos_token_id) | late
+            ends = torch.as_tensor(eos_token_id, device=device).reshape(-1)  # every end token (a chat model's several)
+            early = torch.isin(vocab, ends) if late is None else torch.isin(vocab, ends) | late
         banned = early if step < min_new_tokens else late
         if banned is not None:
             scores = scores.masked_fill(banned, -math.inf)
@@ -196,7 +197,7 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, pad_token_id, eos_
         next_tokens = torch.where(unfinished, next_tokens, pad)  # rows that ended get padding
         tokens[:, step] = next_tokens
         step += 1
-        unfinished &= next_tokens != eos_token_id
+        unfinished &= ~torch.isin(next_tokens, ends)
         # generate stops at max_length or once no row is unfinished (a host sync per step, as there)
         if step == max_new_tokens or not bool(unfinished.any()):
             return tokens[:, :step]

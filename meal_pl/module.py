@@ -44,7 +44,7 @@ from meal_pl.profiling import section
 from meal_pl.ranges import check_integer, check_number
 from meal_pl.rewards import RewardSet, RunningRewardNorm
 from meal_pl.rollout import Rollout, gather
-from meal_pl.sampling import RejectionSampler, generate_eval_mode, position_ids
+from meal_pl.sampling import RejectionSampler, end_token_ids, generate_eval_mode, position_ids
 from meal_pl.sequences import conditioned, sequence_logprobs
 from meal_pl.sft import dpo_preferences
 from meal_pl.step_metrics import publish, step_metrics
@@ -108,6 +108,7 @@ class MealModule(FrontEvaluation, L.LightningModule):
         # How w reaches the policy (conditioning=tags|tied_tags|embedding|svd_lora|text); its modules live in the policy.
         self.conditioner = (conditioner or TextTagConditioner)(names=self.objective_names)
         self.conditioner.attach(tokenizer, policy)
+        self.end_ids = end_token_ids(tokenizer, policy)  # every token that ends an answer (a chat model has several)
         # pi_ref: the frozen initial policy (re-synced after the warm start); its hidden states feed the PWN.
         # With LoRA it is the same weights with the adapters disabled, so the model is held once.
         if lora:
@@ -373,7 +374,8 @@ class MealModule(FrontEvaluation, L.LightningModule):
         # The tag rows written into the embedding once, not rebuilt per token (sharded weights: left to peft).
         rows = contextlib.nullcontext() if synced else token_rows_written_in(self.policy)
         with conditioned(self.conditioner, self.policy, prefix), forward_context(self), rows:
-            return generate_eval_mode(self.sampler, self.policy, self.tokenizer, prefix, prefix_mask, suppress, greedy, num_samples, synced)
+            return generate_eval_mode(self.sampler, self.policy, self.tokenizer, prefix, prefix_mask, suppress, greedy, num_samples,
+                                      synced, self.end_ids)
 
 
 def checked_tag_lr_scale(scale: float, policy: torch.nn.Module) -> float:

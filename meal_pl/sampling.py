@@ -43,9 +43,19 @@ def position_ids(mask: Tensor) -> Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def response_mask(responses: Tensor, eos_token_id: int) -> Tensor:
-    """(S,T) mask of real response tokens: everything up to and including the first EOS."""
-    is_eos = responses == eos_token_id
+def end_token_ids(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module | None = None) -> list[int]:
+    """Every token that ends an answer: the tokenizer's EOS and the model's generation config's (a chat model can have
+    several: Qwen2.5's <|im_end|> and <|endoftext|>, Llama 3's <|eot_id|> and <|end_of_text|>)."""
+    ids = [tokenizer.eos_token_id]
+    config = getattr(model, "generation_config", None)
+    configured = getattr(config, "eos_token_id", None)
+    ids += configured if isinstance(configured, (list, tuple)) else [configured]
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
+
+
+def response_mask(responses: Tensor, eos_token_id: int | list[int]) -> Tensor:
+    """(S,T) mask of real response tokens: everything up to and including the first end token (any of them)."""
+    is_eos = torch.isin(responses, torch.as_tensor(eos_token_id, device=responses.device).reshape(-1))
     after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
     return ~after_eos
 
@@ -101,7 +111,7 @@ class RejectionSampler:
         input_ids: Tensor,
         attention_mask: Tensor,
         pad_token_id: int,
-        eos_token_id: int,
+        eos_token_id: int | list[int],
         num_samples: int | None = None,
         greedy: bool = False,
         suppress_ids: list[int] | None = None,
@@ -150,23 +160,26 @@ class RejectionSampler:
 @torch.no_grad()
 def generate_eval_mode(sampler: RejectionSampler, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                        prefix: Tensor, prefix_mask: Tensor, suppress_ids: list[int], greedy: bool = False,
-                       num_samples: int | None = None, synced_gpus: bool = False) -> Tensor:
+                       num_samples: int | None = None, synced_gpus: bool = False, end_ids: list[int] | None = None) -> Tensor:
     """`sampler.generate` with the policy in eval mode (no dropout), never emitting `suppress_ids` (the
-    preference tags), padding or BOS; the policy's mode is restored afterwards."""
-    suppress = suppressed_ids(tokenizer, suppress_ids)
+    preference tags), padding or BOS, ending at any of `end_ids` (default: end_token_ids); the policy's mode is
+    restored afterwards."""
+    suppress = suppressed_ids(tokenizer, suppress_ids, end_ids)
+    end_ids = end_ids or end_token_ids(tokenizer, policy)
     was_training = policy.training
     policy.eval()
     try:
-        return sampler.generate(policy, prefix, prefix_mask, tokenizer.pad_token_id, tokenizer.eos_token_id,
+        return sampler.generate(policy, prefix, prefix_mask, tokenizer.pad_token_id, end_ids,
                                 num_samples=num_samples, greedy=greedy, suppress_ids=suppress, synced_gpus=synced_gpus)
     finally:
         policy.train(was_training)
 
 
-def suppressed_ids(tokenizer: PreTrainedTokenizerBase, tag_ids: list[int]) -> list[int]:
-    """Token ids a response must never contain: the preference tags, padding and BOS (EOS stays allowed)."""
+def suppressed_ids(tokenizer: PreTrainedTokenizerBase, tag_ids: list[int], end_ids: list[int] | None = None) -> list[int]:
+    """Token ids a response must never contain: the preference tags, padding and BOS (the end tokens stay allowed)."""
     ids = list(tag_ids)
+    ends = set(end_ids or [tokenizer.eos_token_id])
     for special in (tokenizer.pad_token_id, tokenizer.bos_token_id):
-        if special is not None and special != tokenizer.eos_token_id:
+        if special is not None and special not in ends:
             ids.append(special)
     return ids

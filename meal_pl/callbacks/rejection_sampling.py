@@ -93,7 +93,7 @@ class RejectionSampling(RolloutCallback):
             responses = module.generate(prefix, prefix_mask)  # (B*N, T)
             gen_time = time.perf_counter() - start
         with section("score"):
-            resp_mask = response_mask(responses, tok.eos_token_id)
+            resp_mask = response_mask(responses, module.end_ids)
             texts = tok.batch_decode(responses, skip_special_tokens=True)
             raw, rewards, valid = self.score(module, [p for p in prompts for _ in range(N)], texts, B, N)
         # 4-5. rejection sampling and relabelling
@@ -133,7 +133,7 @@ class RejectionSampling(RolloutCallback):
         raw = module.rewards([p for p in prompts for _ in range(J)], texts).to(module.device)
         rewards = module.reward_norm.normalize(raw).view(M, J, K)
         return FrontBatch(prefix.repeat_interleave(J, 0), prefix_mask.repeat_interleave(J, 0), responses,
-                          response_mask(responses, module.tokenizer.eos_token_id), rewards, weights,
+                          response_mask(responses, module.end_ids), rewards, weights,
                           module.sampler.scalarization)
 
     @staticmethod
