@@ -17,6 +17,7 @@ from meal_pl.bench.plan import METHODS, per_run_steps, plan_runs
 from meal_pl.bench.runs import eval_settings, evaluate, fit, run_linear, run_single, run_soups
 from meal_pl.bench.trl_peer import evaluate_untagged
 from meal_pl.pareto import simplex_grid
+from meal_pl.train import build
 
 ROOT = Path(__file__).resolve().parents[1]
 # A few steps at a high learning rate: the policy loss (NLL of the selected samples) must visibly fall.
@@ -123,6 +124,28 @@ def test_trl_grpo_peer_trains_and_is_scored(tmp_path):
     assert result["steps"] == 3 and result["samples"] == 3 * 4 * 2
     assert len(result["point"]) == 2 and all(0 <= r <= 1 for r in result["point"])
     assert result["tokens_per_s"][0] > 0 and len(result["step_wall"]) == 3
+
+
+def test_the_grpo_peers_prompts_are_the_other_methods_on_a_chat_model(tmp_path):
+    # A chat model: every meal-pl method reads its prompts through the chat template (sampling.encode_prompts); the
+    # peer must train on the same text, and its rewards must read the data's own prompt as ours do.
+    from meal_pl.bench.trl_peer import peer_prompts, reward_func
+    from meal_pl.chat import use_chat_template
+    from meal_pl.sampling import encode_prompts
+
+    datamodule, module = build(compose_train(MICRO, tmp_path))
+    tok = module.tokenizer
+    tok.chat_template = ("{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}[assistant] {% endif %}")
+    use_chat_template(tok, True)
+    prompts = datamodule.eval_prompts(4)
+    ids, mask, _ = encode_prompts(tok, prompts, module.max_prompt_length)
+    ours = [tok.decode(row[m.bool()]) for row, m in zip(ids, mask)]
+    assert peer_prompts(tok, prompts, module.max_prompt_length) == ours and all("[user]" in p for p in ours)
+    seen = []
+    reward = reward_func("a", lambda p, c: seen.append(p) or [0.0] * len(c))
+    reward(prompts=ours, completions=["x"] * 4, hh_prompt=prompts)
+    assert seen == [prompts]
 
 
 def test_trl_peer_is_skipped_with_a_message_without_trl(monkeypatch):

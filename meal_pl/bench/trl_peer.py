@@ -18,6 +18,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from meal_pl import precision
+from meal_pl.chat import format_prompts
+from meal_pl.escaping import encode_without_tags
 from meal_pl.evaluation import under_seed
 from meal_pl.models import is_peft
 from meal_pl.sampling import encode_prompts, suppressed_ids
@@ -29,13 +31,22 @@ def trl_available() -> bool:
 
 
 def reward_func(name: str, fn):
-    """A TRL reward function (prompts, completions, **kwargs) -> list[float] around one of ours."""
+    """A TRL reward function (prompts, completions, **kwargs) -> list[float] around one of ours. Our rewards read the
+    data's own prompt text (the dataset's `hh_prompt` column, which TRL passes as a keyword), not the chat-templated
+    text the policy reads, as for every other method."""
 
     def reward(prompts: list[str], completions: list[str], **kwargs) -> list[float]:
-        return [float(v) for v in fn(list(prompts), list(completions))]
+        return [float(v) for v in fn(list(kwargs.get("hh_prompt") or prompts), list(completions))]
 
     reward.__name__ = name  # TRL logs each reward under its function's name
     return reward
+
+
+def peer_prompts(tokenizer, prompts: list[str], max_prompt_length: int) -> list[str]:
+    """The prompts as every meal-pl method's policy reads them, as text for TRL: through the model's chat template where
+    the run uses one, tag strings escaped, the last max_prompt_length tokens (sampling.encode_prompts' rule)."""
+    rows = encode_without_tags(tokenizer, format_prompts(tokenizer, prompts))
+    return tokenizer.batch_decode([r[-max_prompt_length:] for r in rows])
 
 
 def timed_generate(model) -> dict:
@@ -77,9 +88,7 @@ def run_trl(cfg: DictConfig, warmup_steps: int = 2, reward_weights: list[float] 
     tok, sampler = module.tokenizer, module.sampler
     B, N, K, steps = cfg.data.batch_size, sampler.num_samples, len(module.objective_names), int(cfg.trainer.max_steps)
     weights = reward_weights or [1.0 / K] * K
-    # Prompts keep their last max_prompt_length tokens, as meal-pl's encode_prompts does.
-    ids = tok(datamodule.train_prompts, add_special_tokens=False)["input_ids"]
-    prompts = tok.batch_decode([r[-module.max_prompt_length:] for r in ids])
+    prompts = peer_prompts(tok, datamodule.train_prompts, module.max_prompt_length)
 
     class StepClock(TrainerCallback):
         def __init__(self) -> None:
@@ -138,7 +147,8 @@ def run_trl(cfg: DictConfig, warmup_steps: int = 2, reward_weights: list[float] 
     funcs = [reward_func(name, fn) for name, fn in module.rewards.rewards.items()]
     trainer = GRPOTrainer(
         model=model, reward_funcs=funcs, args=args, processing_class=tok,
-        train_dataset=Dataset.from_dict({"prompt": prompts}), callbacks=[clock], peft_config=peft_config,
+        train_dataset=Dataset.from_dict({"prompt": prompts, "hh_prompt": list(datamodule.train_prompts)}), callbacks=[clock],
+        peft_config=peft_config,
     )
     gen_stats = timed_generate(trainer.model)
     start = time.perf_counter()
