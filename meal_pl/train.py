@@ -45,7 +45,10 @@ def build(cfg: DictConfig, tokenizer_dir: str | Path | None = None):
     with open_dict(model_cfg):
         lora = model_cfg.pop("lora", None)  # applied by MealModule once the tag tokens exist
         chat_template = bool(model_cfg.pop("chat_template", False))  # prompts through the model's chat template
+        checkpointing = bool(model_cfg.pop("gradient_checkpointing", False))
     policy, tokenizer = instantiate(model_cfg)(corpus=datamodule.corpus())
+    if checkpointing:  # activations recomputed in the backward pass: less memory for a longer step
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
         from transformers import AutoTokenizer
 

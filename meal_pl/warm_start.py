@@ -171,6 +171,8 @@ def summary_line(info: dict[str, Any]) -> str:
 # ----- what determines a warm start -----------------------------------------------------------------
 # Settings of the run that never change what the warm start trains (where the stage is kept, whether it is reused).
 _STAGE_ONLY = ("path", "cache_dir", "reuse")
+# Model settings that change how a result is computed, not the result (activations recomputed in the backward pass).
+_SAME_RESULT = ("gradient_checkpointing",)
 # The data's settings that only the online phase reads: its batches, their shuffling, the loader's workers.
 _ONLINE_DATA = ("batch_size", "seed", "num_workers")
 
@@ -187,7 +189,8 @@ def warm_start_settings(cfg: DictConfig) -> dict[str, Any]:
     data = {k: v for k, v in plain(cfg.data).items() if k not in _ONLINE_DATA}
     algorithm = cfg.algorithm
     settings = {
-        "format": FORMAT_VERSION, "model": plain(cfg.model), "data": data, "conditioning": plain(cfg.get("conditioning")),
+        "format": FORMAT_VERSION, "model": {k: v for k, v in plain(cfg.model).items() if k not in _SAME_RESULT},
+        "data": data, "conditioning": plain(cfg.get("conditioning")),
         "objective": plain(cfg.objective), "warm_start": stage,
         "max_prompt_length": algorithm.get("max_prompt_length"), "prompt_overflow": algorithm.get("prompt_overflow"),
         "max_new_tokens": algorithm.sampler.get("max_new_tokens"), "relabel_tau": algorithm.sampler.get("relabel_tau"),

@@ -58,3 +58,20 @@ def test_smollm2_loads_offline_from_its_wheel():
     ids = tok("\n\nHuman: Say hi.\n\nAssistant:", return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+def test_gradient_checkpointing_is_a_model_option_that_changes_memory_not_results(tiny_cfg):
+    from meal_pl.train import build_run
+
+    def one_step(*extra):
+        datamodule, module, trainer = build_run(tiny_cfg("objective=synthetic", "logger=none", "trainer.max_steps=1",
+                                                         "warm_start.steps=0", "~callbacks.pareto_eval", *extra))
+        trainer.fit(module, datamodule=datamodule)
+        return module.policy, float(trainer.callback_metrics["train/policy_loss"])
+
+    plain, plain_loss = one_step()
+    checkpointed, loss = one_step("model.gradient_checkpointing=true")
+    assert checkpointed.is_gradient_checkpointing and not plain.is_gradient_checkpointing
+    assert loss == pytest.approx(plain_loss, rel=1e-5)
+    for (name, a), (_, b) in zip(plain.state_dict().items(), checkpointed.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
