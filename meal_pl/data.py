@@ -30,13 +30,33 @@ def split_hh(text: str) -> tuple[str, str]:
     return text[:cut], text[cut:].strip()
 
 
-def _as_prompt(prompt: str) -> str:
-    """Bring a bare prompt into HH form, so every prompt ends where the assistant's reply begins."""
+def _as_prompt(prompt: str | list) -> str:
+    """Bring a bare prompt, or TRL's conversational prompt ([{"role": ..., "content": ...}, ...]), into HH form, so
+    every prompt ends where the assistant's reply begins (the chat template renders it back: meal_pl/chat.py)."""
+    if isinstance(prompt, list):
+        return _from_messages(prompt)
     text = prompt.strip()
     if not text.startswith("Human:"):  # HH text starts with "\n\nHuman:", stripped just above
         return f"{HUMAN} {text}{ASSISTANT}"
     text = "\n\n" + text
     return text if text.endswith(ASSISTANT) else text + ASSISTANT
+
+
+def _from_messages(messages: list) -> str:
+    """TRL's conversational format as HH text: user turns as Human, assistant turns as Assistant; a system message has
+    no HH turn and is refused rather than silently dropped."""
+    turns = []
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise ValueError(f"a conversational prompt is a list of {{'role', 'content'}} messages, got {message!r}")
+        role = message.get("role")
+        if role not in ("user", "assistant"):
+            raise ValueError(f"a conversational prompt's roles are user and assistant, got {role!r} (a system message "
+                             "has no place in HH-format prompts: put it in the first user turn)")
+        turns.append(f"{HUMAN if role == 'user' else ASSISTANT} {message['content'].strip()}")
+    if not turns or not turns[-1].startswith(HUMAN):
+        raise ValueError("a conversational prompt must end with a user message (the request to answer)")
+    return "".join(turns) + ASSISTANT
 
 
 def _record(obj: Any) -> dict:
@@ -121,9 +141,10 @@ def hub_rows(name: str, split: str, key: str = "data.hub_name", path_key: str = 
         raise RuntimeError(f"could not load {key}={name!r} (split {split!r}): {fix}. Cause: {e}") from e
 
 
-def load_hub(name: str, split: str) -> list[dict]:
-    """Load an HH-format dataset from the Hugging Face hub (or its local cache) into records."""
-    return [_record(row) for row in hub_rows(name, split)]
+def load_hub(name: str, split: str, data_dir: str | None = None) -> list[dict]:
+    """Load an HH-format dataset from the Hugging Face hub (or its local cache) into records; `data_dir`: one subset
+    (HH's harmless-base, helpful-base, ...)."""
+    return [_record(row) for row in hub_rows(name, split, data_dir=data_dir)]
 
 
 # Lightning warns on a mid-epoch resume unless the DataLoader has state_dict(); ResumableSampler takes the
@@ -190,6 +211,7 @@ class PromptDataModule(L.LightningDataModule):
         known_answers: int = 0,
         known_answer_words: int = 25,
         known_answers_self: bool = True,
+        data_dir: str | None = None,
     ) -> None:
         super().__init__()
         for key, value, least in (("batch_size", batch_size, 1), ("eval_size", eval_size, 1), ("num_workers", num_workers, 0),
@@ -204,7 +226,7 @@ class PromptDataModule(L.LightningDataModule):
         if path is not None and hub_name is not None:
             raise ValueError(f"set one of data.path ({path!r}) and data.hub_name ({hub_name!r}), not both")
         self.save_hyperparameters(logger=False)  # the run logs its whole config once, with the final metric (meal_pl.sweeps)
-        self.path, self.hub_name, self.split = path, hub_name, split
+        self.path, self.hub_name, self.split, self.data_dir = path, hub_name, split, data_dir
         self.batch_size, self.eval_size, self.max_prompts = batch_size, eval_size, max_prompts
         # The evaluation hold-out has its own seed so runs with different `seed`s are scored on the same prompts.
         self.seed, self.num_workers, self.split_seed = seed, num_workers, split_seed
@@ -226,7 +248,7 @@ class PromptDataModule(L.LightningDataModule):
     def read_records(self) -> list[dict]:
         """The {"prompt", "responses"[, "group"]} records to serve; a subclass may generate them instead."""
         if self.hub_name is not None:
-            return load_hub(self.hub_name, self.split)
+            return load_hub(self.hub_name, self.split, self.data_dir)
         return load_records(self.path or default_data_path())
 
     def _load(self) -> None:

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import math
 import time
 from collections import Counter
 from pathlib import Path
@@ -201,3 +202,43 @@ def test_max_turns_keeps_red_team_prompts_in_the_everyday_prompts_form():
     assert len(single) - len(red) == sum(r["group"] == "everyday" for r in every)
     with pytest.raises(ValueError, match="data.max_turns=0 must be an integer >= 1"):
         RedTeamDataModule(max_turns=0)
+
+
+def test_trls_conversational_prompts_are_read_as_hh_dialogues(tmp_path):
+    from meal_pl.chat import hh_to_messages
+    from meal_pl.data import load_records
+
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+             {"role": "user", "content": "How do I bake bread?"}]
+    path = tmp_path / "conversational.jsonl"
+    path.write_text(json.dumps({"prompt": turns, "group": "everyday"}) + "\n")
+    (record,) = load_records(str(path))
+    assert record["prompt"] == "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: How do I bake bread?\n\nAssistant:"
+    assert hh_to_messages(record["prompt"]) == turns  # the chat template renders the same conversation back
+    path.write_text(json.dumps({"prompt": [{"role": "system", "content": "Be brief."}]}) + "\n")
+    with pytest.raises(ValueError, match="line 1: a conversational prompt's roles are user and assistant, got 'system'"):
+        load_records(str(path))
+
+
+def test_a_conversational_prompt_file_trains(tiny_cfg, tmp_path):
+    from meal_pl.train import train
+
+    path = tmp_path / "conversational.jsonl"
+    rows = [{"prompt": [{"role": "user", "content": f"Question number {i}: what is {i} plus {i}?"}]} for i in range(24)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = tiny_cfg("objective=synthetic", "logger=none", "data=default", f"data.path={path}", "data.eval_size=4",
+                   "warm_start.steps=0", "trainer.max_steps=2")
+    metrics = train(cfg)
+    assert math.isfinite(metrics["train/policy_loss"])  # two steps ran
+    report = json.loads((Path(cfg.paths.output_dir) / "generations.json").read_text())
+    assert "Question number" in json.dumps(report)  # on those prompts
+
+
+def test_a_hub_dataset_subset_is_passed_to_the_loader(monkeypatch):
+    from meal_pl import data
+
+    seen = {}
+    monkeypatch.setattr(data, "hub_rows", lambda name, split, data_dir=None: seen.update(data_dir=data_dir) or
+                        [{"chosen": "\n\nHuman: Hi\n\nAssistant: Hello", "rejected": "\n\nHuman: Hi\n\nAssistant: Go"}])
+    module = data.PromptDataModule(hub_name="Anthropic/hh-rlhf", data_dir="harmless-base")
+    assert module.read_records()[0]["responses"] == ["Hello", "Go"] and seen == {"data_dir": "harmless-base"}
