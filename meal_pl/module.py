@@ -179,7 +179,9 @@ class MealModule(FrontEvaluation, L.LightningModule):
         return [policy_opt], [{"scheduler": schedule, "interval": "step"}]
 
     def setup(self, stage: str) -> None:
-        """Strategy-specific checks and settings, before Lightning wraps the module."""
+        """Strategy-specific checks and settings, before Lightning wraps the module; the reward models that follow the
+        policy (device: auto) go to this rank's device before anything is scored."""
+        self.rewards.place(self.trainer.strategy.root_device)
         distributed.prepare_strategy(self.trainer.strategy, self.meta.lookahead, self.accumulate_grad_batches,
                                      [self.pwn, self.reward_norm])
 

@@ -64,6 +64,7 @@ def load_run(ckpt_path: str, device: str = "cpu", reward_paths: dict[str, str] |
     except (InstantiationException, ConfigAttributeError, ConfigKeyError, MissingMandatoryValue) as err:
         raise ValueError(config_error_line(run, err)) from None
     module.load_state_dict(state["state_dict"])
+    module.rewards.place(target)  # reward models that follow the policy (device: auto)
     return module.to(target).eval(), datamodule, cfg
 
 

@@ -143,6 +143,14 @@ def test_hf_classifier_offline_hub_name_fails_fast():
     assert "local directory" in str(err.value) and "HF_HUB_OFFLINE=0" in str(err.value)
 
 
+def test_reward_models_follow_the_policys_device_unless_placed_by_hand(tiny_model):
+    # device: auto (the default) moves with RewardSet.place, as MealModule.setup places it on the strategy's device
+    following, pinned = HFSequenceClassifierReward(tiny_model), HFSequenceClassifierReward(tiny_model, device="cpu")
+    RewardSet({"a": following, "b": pinned}).place(torch.device("meta"))
+    assert following.device == "meta" and next(following.model.parameters()).device.type == "meta"
+    assert pinned.device == "cpu" and next(pinned.model.parameters()).device.type == "cpu"
+
+
 def test_python_reward_dotted_path(tmp_path, monkeypatch):
     (tmp_path / "my_rewards.py").write_text(
         "def shout(prompts, completions, bonus=0.0):\n"

@@ -39,6 +39,12 @@ class RewardSet:
     def __len__(self) -> int:
         return len(self.names)
 
+    def place(self, device) -> None:
+        """Rewards whose models follow the policy (device: auto) move to its device; the others stay."""
+        for fn in self.rewards.values():
+            if hasattr(fn, "place"):
+                fn.place(device)
+
     def __call__(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
         """Raw rewards, (n, K) float32 in the order of `names`; NaN where a reward gave no finite value."""
         n = len(completions)

@@ -32,7 +32,8 @@ def reward_texts(template: str, prompts: list[str], completions: list[str], end:
 
 
 def load_classifier(model: str, device: str = "cpu") -> tuple[torch.nn.Module, object]:
-    """Load (or fetch from the cache) an AutoModelForSequenceClassification and its tokenizer."""
+    """Load (or fetch from the cache) an AutoModelForSequenceClassification and its tokenizer; device "auto" loads on
+    the CPU a copy of its own, which RewardSet.place moves with the policy (heads of one model share it)."""
     key = (model, device)
     if key in _CACHE:
         return _CACHE[key]
@@ -43,7 +44,7 @@ def load_classifier(model: str, device: str = "cpu") -> tuple[torch.nn.Module, o
     net = load_by_name(AutoModelForSequenceClassification.from_pretrained, config_key, model, fix)
     prepare_tokenizer(tokenizer)
     net.config.pad_token_id = tokenizer.pad_token_id
-    net = net.to(device).eval().requires_grad_(False)
+    net = net.to("cpu" if device == "auto" else device).eval().requires_grad_(False)
     _CACHE[key] = (net, tokenizer)
     return net, tokenizer
 
@@ -64,14 +65,16 @@ class HFSequenceClassifierReward:
         max_length: int = 512,
         batch_size: int = 16,
         template: str = "{prompt}{completion}",
-        device: str = "cpu",
+        device: str = "auto",
         append_eos: bool = False,
     ) -> None:
         self.model_name = model
         self.output_index = output_index
         self.batch_size = batch_size
         self.template = template
-        self.device = device
+        # auto: loaded on the CPU, then placed with the policy (RewardSet.place: the strategy's device on each rank)
+        self.follows_policy = device == "auto"
+        self.device = "cpu" if self.follows_policy else device
         self.model, self.tokenizer = load_classifier(model, device)
         num_labels = self.model.config.num_labels
         if not -num_labels <= output_index < num_labels:
@@ -82,6 +85,12 @@ class HFSequenceClassifierReward:
         self.end = end_token(self.tokenizer) if append_eos else ""
         if self.end is None:
             raise ValueError(f"append_eos=true but {model!r}'s tokenizer has no eos_token or sep_token; give append_eos=false")
+
+    def place(self, device: torch.device | str) -> None:
+        """Move the model to the policy's device (device=auto only; an explicit device stays where it was put)."""
+        if self.follows_policy and str(device) != str(self.device):
+            self.model.to(device)
+            self.device = str(device)
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
