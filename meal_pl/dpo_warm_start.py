@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from meal_pl.losses import dpo_loss, preference_pairs
+from meal_pl.losses import dpo_sft_loss, preference_pairs
 from meal_pl.offline_steps import offline_steps, visited_batches
 from meal_pl.sampling import encode_prompts
 from meal_pl.sequences import encode_responses, sequence_logprobs
@@ -62,7 +62,7 @@ def summed_logprobs(policy: PreTrainedModel, batch: PairBatch, conditioner) -> t
 
 
 def dpo_warm_start(policy: PreTrainedModel, batches: list[PairBatch], steps: int, lr: float, beta: float, seed: int = 0,
-                   conditioner=None) -> list[float]:
+                   conditioner=None, sft_weight: float = 0.0) -> list[float]:
     """`steps` AdamW steps of DPO over the batches (in a seeded order), against the policy as it is before the first
     step (its log-probabilities computed once, eval mode); the loss history."""
     if steps <= 0 or not batches:
@@ -73,8 +73,10 @@ def dpo_warm_start(policy: PreTrainedModel, batches: list[PairBatch], steps: int
                      for i in visited_batches(len(batches), steps, seed)}
 
     def batch_loss(i: int) -> Tensor:
-        chosen, rejected = summed_logprobs(policy, [t.to(policy.device) for t in batches[i]], conditioner)
-        return dpo_loss(chosen, rejected, *reference[i], beta)
+        batch = [t.to(policy.device) for t in batches[i]]
+        chosen, rejected = summed_logprobs(policy, batch, conditioner)
+        chosen_tokens = batch[3].sum(-1).chunk(2)[0]  # the chosen rows come first
+        return dpo_sft_loss(chosen, rejected, *reference[i], beta, chosen_tokens, sft_weight)
 
     return offline_steps(policy, len(batches), steps, lr, batch_loss, seed)
 

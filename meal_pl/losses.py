@@ -213,6 +213,16 @@ def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
     return -F.logsigmoid(beta * margin).mean()
 
 
+def dpo_sft_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float,
+                 chosen_tokens: Tensor, sft_weight: float) -> Tensor:
+    """DPO's loss plus `sft_weight` times the chosen answers' per-token NLL (TRL's `rpo_alpha`, Pang et al. 2024): DPO
+    alone can lower the chosen answers' likelihood along with the rejected ones', moving the policy off natural text."""
+    loss = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
+    if sft_weight:
+        loss = loss + sft_weight * (-policy_chosen / chosen_tokens.clamp(min=1)).mean()
+    return loss
+
+
 def preference_pairs(rewards: Tensor, preferences: Tensor) -> list[tuple[int, int, int, int]]:
     """(prompt, chosen, rejected, g) for each prompt's answers (P,A,K) and each preference w_g (G,K): under w_g's
     linear score w_g . r, the answer that scores most over the one that scores least. Ties and answers with a

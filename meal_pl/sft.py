@@ -207,7 +207,7 @@ def dpo_warm_start_module(module, stage, prompts: list[str], responses: list[str
         held_batches = batches_of(*ranked_pairs(held_prompts, held_answers, module.reward_norm.normalize(held_raw), preferences))
     held_reference = pair_logprobs(module.policy, held_batches, module.conditioner)
     history = dpo_warm_start(module.policy, batches_of(triples, ranked_under), stage.steps, stage.lr, stage.dpo_beta,
-                             seed=seed, conditioner=module.conditioner)
+                             seed=seed, conditioner=module.conditioner, sft_weight=stage.sft_weight)
     held = dpo_metrics(pair_logprobs(module.policy, held_batches, module.conditioner), held_reference, stage.dpo_beta)
     return history, held
 

@@ -46,7 +46,8 @@ class WarmStart:
     """The warm start's settings and the stage that gives a MealModule its warm-started policy (`prepare`)."""
 
     def __init__(self, steps: int = 0, lr: float = 2e-3, batch_size: int = 16, loss: str = "sft", source: str = "data",
-                 answers: int = 2, prompts: int = 0, dpo_beta: float = 0.1, dpo_points: int = 0, heldout: float = 0.0,
+                 answers: int = 2, prompts: int = 0, dpo_beta: float = 0.1, dpo_points: int = 0, sft_weight: float = 0.0,
+                 heldout: float = 0.0,
                  seed: int | None = None, path: str | None = None, cache_dir: str | None = None, reuse: bool = True,
                  tags: str = "achieved", objective_steps: int | None = None) -> None:
         if loss not in LOSSES:
@@ -58,6 +59,7 @@ class WarmStart:
         check_integer("warm_start.steps", self.steps, 0, " (0: no warm start)")
         check_number("warm_start.lr", lr, strict=True, note=", e.g. 2e-3")
         check_number("warm_start.dpo_beta", dpo_beta, strict=True, note=", e.g. 0.1")
+        check_number("warm_start.sft_weight", sft_weight, note=" (0: DPO alone; TRL's rpo_alpha, e.g. 1.0)")
         check_integer("warm_start.batch_size", batch_size, 1)
         check_integer("warm_start.answers", answers, 1)
         check_integer("warm_start.prompts", prompts, 0, " (0: every training prompt)")
@@ -69,6 +71,7 @@ class WarmStart:
             check_integer("warm_start.seed", seed, 0, " (or null: the run's own seed and random stream)")
         self.lr, self.batch_size, self.loss, self.source = float(lr), batch_size, loss, source
         self.answers, self.prompts, self.dpo_beta, self.dpo_points = answers, prompts, float(dpo_beta), dpo_points
+        self.sft_weight = float(sft_weight)
         self.heldout, self.seed, self.path, self.reuse, self.tags = float(heldout), seed, path, bool(reuse), tags
         self.cache_dir = cache_dir
         self.settings: dict[str, Any] | None = None  # what determines it (bind); None: trained in place, not kept

@@ -232,3 +232,14 @@ def test_shortfall_needs_more_prompts_than_objectives_and_skips_prompts_without_
     valid[0] = False
     e = losses.shortfall(torch.rand(5, 3, 2), valid, weights)
     assert e[0].abs().sum() == 0 and e[1:].abs().sum() > 0
+
+
+def test_dpo_sft_loss_adds_the_chosen_answers_per_token_nll():
+    from meal_pl.losses import dpo_loss, dpo_sft_loss
+
+    pc, pr, rc, rr = torch.tensor([-4.0, -6.0]), torch.tensor([-8.0, -5.0]), torch.tensor([-5.0, -5.0]), torch.tensor([-5.0, -5.0])
+    tokens = torch.tensor([2.0, 3.0])
+    dpo = dpo_loss(pc, pr, rc, rr, 0.1)
+    assert torch.equal(dpo_sft_loss(pc, pr, rc, rr, 0.1, tokens, 0.0), dpo)
+    # per-token NLL of the chosen answers: 4/2 and 6/3, mean 2.0; half of it added
+    torch.testing.assert_close(dpo_sft_loss(pc, pr, rc, rr, 0.1, tokens, 0.5), dpo + 1.0)
