@@ -100,6 +100,17 @@ def split_heldout(pairs: list[tuple[str, str]], share: float) -> tuple[list[tupl
     return [x for x in pairs if x[0] not in held], [x for x in pairs if x[0] in held]
 
 
+def within_budget(pairs: list[tuple[str, str]], budget: int, by_prompt: bool) -> list[tuple[str, str]]:
+    """The pairs `steps x batch_size` can use: all of them when they fit, else a fixed draw (seed 0) of `budget`
+    answers, or (DPO, which ranks each prompt's answers) of `budget` prompts with all their answers. Scoring and
+    tokenising the rest (hundreds of thousands of reward passes on a hub data set) would be work no step reads."""
+    units = sorted({p for p, _ in pairs}) if by_prompt else list(range(len(pairs)))
+    if len(units) <= budget:
+        return pairs
+    kept = set(random.Random(0).sample(units, budget))
+    return [pair for i, pair in enumerate(pairs) if (pair[0] if by_prompt else i) in kept]
+
+
 def loss_curve(history: list[float]) -> dict[str, float]:
     """The loss's first and last values and the means of its first and last tenth: a first batch against a last
     one cannot tell learning from noise."""
@@ -118,6 +129,11 @@ def run_warm_start(module, stage, datamodule, announce: bool = True) -> dict:
 def warm_start_on(module, stage, pairs: list[tuple[str, str]], what: str = "answers", announce: bool = True) -> dict:
     """The warm start `stage` on these (prompt, response) pairs, less the held-out share (warm_start.heldout)."""
     pairs, heldout = split_heldout(pairs, stage.heldout)
+    available = len(pairs)
+    pairs = within_budget(pairs, stage.steps * stage.batch_size, by_prompt=stage.loss == "dpo")
+    if announce and len(pairs) < available:
+        _log.info(f"warm start: {stage.steps} steps of {stage.batch_size} use at most {len(pairs)} of the {available} "
+                  f"{'answers' if stage.loss == 'sft' else 'answers (their prompts)'}: only those are scored and tokenised")
     if announce:
         held = f", {len(heldout)} held out for its metrics" if heldout else ""
         _log.info(f"warm start: {stage.steps} DPO steps on {len(pairs)} {what}{held}, each prompt's answers ranked at the "

@@ -136,3 +136,15 @@ def test_the_warm_start_says_how_many_pairs_its_corners_rank_oppositely(caplog):
         info = warm_start_on(module, WarmStart(loss="dpo", steps=1), pairs)
     assert info["loss"]["steps"] == 1
     assert "5 ranked pairs at 2 preferences; 2 answer pairs ranked one way at one corner and the other way" in caplog.text
+
+
+@pytest.mark.parametrize("loss, scored", [("sft", 4), ("dpo", 8)])
+def test_the_warm_start_scores_only_what_its_steps_use(loss, scored, monkeypatch):
+    # 2 steps of 2: at most 4 answers (sft), or 4 prompts with their answers (dpo); 20 prompts x 2 answers available
+    module = micro_module("alternating").float()
+    pairs = [(f"{CORPUS[i % len(CORPUS)]} {i}", answer) for i in range(20) for answer in ("ab", "abcd")]
+    seen = []
+    score = module.rewards.__call__
+    monkeypatch.setattr(type(module.rewards), "__call__", lambda self, p, c: seen.append(len(c)) or score(p, c))
+    warm_start_on(module, WarmStart(loss=loss, steps=2, batch_size=2), pairs)
+    assert seen[0] == scored
