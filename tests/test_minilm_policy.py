@@ -37,7 +37,7 @@ def test_cut_tokenizer_splits_unseen_words_into_pieces_and_decodes_them_back():
 def test_policy_embeddings_are_minilms_rows_for_the_kept_tokens():
     cfg = OmegaConf.load(f"{CONF}/model/tiny_minilm.yaml")
     cfg.init_seed = 0
-    del cfg["defaults"], cfg["chat_template"]  # read by build(), not builder arguments
+    del cfg["defaults"], cfg["chat_template"], cfg["gradient_checkpointing"]  # read by build(), not builder arguments
     cfg.min_count = 1
     model, tok = instantiate(cfg)(corpus=CORPUS)
     table = AutoModel.from_pretrained(default_model_path()).get_input_embeddings().weight

@@ -17,7 +17,7 @@ def test_default_tiny_model_has_a_few_million_parameters_and_a_trained_tokenizer
     cfg = OmegaConf.load(f"{CONF}/model/tiny.yaml")
     cfg.init_seed = 0
     del cfg["defaults"]  # the lora sub-group is Hydra's (build() applies it), not a builder argument
-    del cfg["chat_template"]  # read by build() (meal_pl.chat), not a builder argument
+    del cfg["chat_template"], cfg["gradient_checkpointing"]  # read by build(), not builder arguments
     model, tok = instantiate(cfg)(corpus=CORPUS)
     n = sum(p.numel() for p in model.parameters())
     assert 1e6 < n < 1e7

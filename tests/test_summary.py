@@ -88,7 +88,9 @@ def test_the_warm_start_says_what_it_runs_and_what_it_did(tiny_cfg, caplog):
     with caplog.at_level(logging.INFO, logger="meal_pl"):
         trainer.fit(module, datamodule=datamodule)
     lines = [r.getMessage() for r in caplog.records if r.name == "meal_pl" and r.getMessage().startswith("warm start")]
-    assert len(lines) == 2, lines
+    assert len(lines) == 3, lines
     pairs = len(datamodule.sft_pairs())
-    assert lines[0].startswith(f"warm start: 5 SFT steps on {pairs} answers") and "warm_start.steps" in lines[0]
-    assert lines[1].startswith("warm start done in ") and " -> " in lines[1]
+    # 5 steps of 16 answers use 80 of them: only those are scored (and said so)
+    assert lines[0] == f"warm start: 5 steps of 16 use at most 80 of the {pairs} answers: only those are scored and tokenised"
+    assert lines[1].startswith("warm start: 5 SFT steps on 80 answers") and "warm_start.steps" in lines[1]
+    assert lines[2].startswith("warm start done in ") and " -> " in lines[2]
